@@ -1,0 +1,1 @@
+"""The shardserve operator: reconciles ModelDeployments into KubeRay RayServices."""

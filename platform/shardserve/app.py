@@ -1,0 +1,48 @@
+"""The Serve application for a ModelDeployment.
+
+`build_app` is the import path both `shardserve run` and the cluster's
+RayService (`serveConfigV2`) use, with the ModelDeployment document as args.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray import serve
+from ray.serve.deployment import Application
+from ray.serve.llm import LLMConfig, build_llm_deployment
+
+from shardserve.builder import INGRESS_DEPLOYMENT, LLM_DEPLOYMENT, build_llm_config
+from shardserve.spec import ModelDeployment
+from shardserve.validation import parse_deployment
+
+
+def build_application(md: ModelDeployment) -> Application:
+    model = md.spec.model
+    builtin = model.location if model.scheme == "builtin" else None
+    builtin_dir = None
+    if builtin:
+        from shardserve.models import builtin_model_dir
+
+        builtin_dir = str(builtin_model_dir(builtin))
+    llm_config = LLMConfig(**build_llm_config(md, builtin_dir=builtin_dir))
+
+    # Imported here: the ingress module pulls in FastAPI and Serve LLM's routes.
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+    from shardserve.ingress import ShardserveIngress, make_ingress_class
+
+    server = build_llm_deployment(
+        llm_config,
+        bind_kwargs={"builtin_model": builtin} if builtin else None,
+        override_serve_options={"name": LLM_DEPLOYMENT},
+    )
+    options = ShardserveIngress.get_deployment_options([llm_config])
+    return serve.deployment(make_ingress_class(), name=INGRESS_DEPLOYMENT, **options).bind(
+        llm_deployments={llm_config.model_id: server},
+        model_cards={llm_config.model_id: to_model_metadata(llm_config.model_id, llm_config)},
+    )
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    """Ray Serve application builder: args is a ModelDeployment document."""
+    return build_application(parse_deployment(args, source="application args"))

@@ -1,0 +1,131 @@
+"""Spec -> ray.serve.llm configuration (pure: no Ray, no vLLM, no I/O).
+
+The same functions run under `shardserve run` and inside the cluster's Serve
+controller (via `shardserve.app:build_app`), so both places serve one config.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+from shardserve.placement import Placement, cpu_threads_bind, placement_for
+from shardserve.spec import ModelDeployment, ModelSpec
+
+# Where the operator mounts a pvc:// claim inside Ray pods.
+PVC_MOUNT_ROOT = "/mnt/models"
+LLM_DEPLOYMENT = "llm"
+INGRESS_DEPLOYMENT = "ingress"
+SERVER_CLS = "shardserve.server:ShardserveServer"
+INGRESS_CLS = "shardserve.ingress:ShardserveIngress"
+# Ray Serve LLM's default (50 ms) holds a stream's first token back while it
+# collects a batch; 0 sends each engine output as soon as it exists.
+STREAM_BATCHING_INTERVAL_MS = 0
+
+_UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+          "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "m": 1e-3}
+
+
+def parse_quantity(quantity: str) -> float:
+    """Kubernetes quantity -> number ('512Mi' -> 536870912, '500m' -> 0.5)."""
+    match = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", quantity)
+    if not match or match.group(2) not in _UNITS:
+        raise ValueError(f"not a quantity: {quantity!r}")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def resolve_model_source(model: ModelSpec, builtin_dir: Optional[str] = None) -> str:
+    """What vLLM loads: a Hugging Face id, a cloud URI, or a local path."""
+    scheme, location = model.scheme, model.location
+    if scheme == "hf":
+        return location.strip("/")
+    if scheme in ("s3", "gs"):
+        return model.source
+    if scheme == "pvc":
+        return f"{PVC_MOUNT_ROOT}/{location.strip('/')}"
+    if scheme == "file":
+        return "/" + location.lstrip("/")
+    if builtin_dir is None:
+        raise ValueError("builtin:// sources need the directory the model is built in")
+    return builtin_dir
+
+
+def build_engine_kwargs(md: ModelDeployment, placement: Placement) -> dict[str, Any]:
+    engine = md.spec.engine
+    kwargs: dict[str, Any] = {
+        "tensor_parallel_size": placement.tensor,
+        "pipeline_parallel_size": placement.pipeline,
+        "distributed_executor_backend": placement.backend,
+        "dtype": engine.dtype,
+        "enforce_eager": engine.enforce_eager,
+    }
+    optional = {
+        "max_model_len": engine.max_model_len,
+        "max_num_seqs": engine.max_num_seqs,
+        "gpu_memory_utilization": engine.gpu_memory_utilization,
+        "seed": engine.seed,
+        "revision": md.spec.model.revision,
+        "kv_cache_memory_bytes": int(parse_quantity(engine.kv_cache_memory)) if engine.kv_cache_memory else None,
+    }
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
+    kwargs.update(engine.args)
+    return kwargs
+
+
+def build_deployment_config(md: ModelDeployment) -> dict[str, Any]:
+    """Ray Serve deployment options for the model replicas."""
+    spec = md.spec
+    config: dict[str, Any] = {
+        "name": LLM_DEPLOYMENT,
+        "max_ongoing_requests": spec.serving.max_ongoing_requests,
+        "max_queued_requests": spec.serving.max_queued_requests,
+        # Let in-flight requests finish before a replica stops.
+        "graceful_shutdown_timeout_s": spec.serving.request_timeout_seconds,
+    }
+    scaling = spec.autoscaling
+    if scaling is None:
+        config["num_replicas"] = spec.effective_replicas
+    else:
+        config["autoscaling_config"] = {
+            "min_replicas": scaling.min_replicas,
+            "initial_replicas": spec.effective_replicas,
+            "max_replicas": scaling.max_replicas,
+            # Request-based until the queue-depth policy replaces it.
+            "target_ongoing_requests": scaling.target_queue_depth,
+            "upscale_delay_s": scaling.upscale_delay_seconds,
+            "downscale_delay_s": scaling.downscale_delay_seconds,
+        }
+    return config
+
+
+def build_llm_config(md: ModelDeployment, *, builtin_dir: Optional[str] = None) -> dict[str, Any]:
+    """The ray.serve.llm LLMConfig (as a dict) for one ModelDeployment.
+
+    CPU workers get their OpenMP threads pinned to disjoint cores of the pod
+    (`resources.cpu`, else one core per worker): unpinned ranks fight over
+    the same cores.
+    """
+    spec = md.spec
+    placement = placement_for(spec)
+    env: dict[str, str] = {}
+    if spec.resources.accelerator == "cpu":
+        cores = int(parse_quantity(spec.resources.cpu or "0")) or placement.accelerators_per_replica
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(placement.accelerators_per_replica, cores)
+    config: dict[str, Any] = {
+        "model_loading_config": {
+            "model_id": spec.model.id,
+            "model_source": resolve_model_source(spec.model, builtin_dir),
+        },
+        "engine_kwargs": build_engine_kwargs(md, placement),
+        "placement_group_config": {
+            "bundles": [dict(b) for b in placement.bundles],
+            "strategy": placement.strategy,
+        },
+        "deployment_config": build_deployment_config(md),
+        "experimental_configs": {"stream_batching_interval_ms": STREAM_BATCHING_INTERVAL_MS},
+        "runtime_env": {"env_vars": env} if env else None,
+        "server_cls": SERVER_CLS,
+    }
+    if spec.resources.accelerator_type:
+        config["accelerator_type"] = spec.resources.accelerator_type
+    return config

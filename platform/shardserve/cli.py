@@ -1,0 +1,99 @@
+"""The `shardserve` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from shardserve.validation import SpecError, load_file
+
+EXIT_INVALID = 2
+
+
+def _load_or_exit(path: str):
+    try:
+        return load_file(path)
+    except SpecError as err:
+        print(f"shardserve: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from None
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from shardserve.local import LocalOptions, run_local
+
+    md = _load_or_exit(args.file)
+    options = LocalOptions(host=args.host, port=args.port, num_cpus=args.num_cpus, verbose=args.verbose)
+    return run_local(md, options)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    md = _load_or_exit(args.file)
+    print(f"{args.file}: valid ModelDeployment {md.metadata.name!r}")
+    return 0
+
+
+def _cmd_model(args: argparse.Namespace) -> int:
+    from shardserve.models import build_tiny_model
+
+    try:
+        path = build_tiny_model(Path(args.dir))
+    except FileExistsError:
+        print(f"shardserve: {args.dir} exists and is not empty", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+def _cmd_engine_args(args: argparse.Namespace) -> int:
+    from shardserve.engine_args import CATALOG_PATH, build_catalog
+
+    fresh = json.dumps(build_catalog(), indent=1, sort_keys=True) + "\n"
+    if args.write:
+        CATALOG_PATH.write_text(fresh)
+        print(f"wrote {CATALOG_PATH}")
+        return 0
+    if CATALOG_PATH.read_text() != fresh:
+        print(f"{CATALOG_PATH} differs from the installed vLLM; run: shardserve engine-args --write", file=sys.stderr)
+        return 1
+    print("engine argument catalog matches the installed vLLM")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shardserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve a ModelDeployment file locally")
+    run.add_argument("file")
+    run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    run.add_argument("--port", type=int, default=None, help="HTTP port (default spec.serving.port)")
+    run.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Ray's and vLLM's logs")
+    run.set_defaults(func=_cmd_run)
+
+    validate = sub.add_parser("validate", help="check a ModelDeployment file")
+    validate.add_argument("file")
+    validate.set_defaults(func=_cmd_validate)
+
+    model = sub.add_parser("model", help="builtin models")
+    model_sub = model.add_subparsers(dest="model_command", required=True)
+    tiny = model_sub.add_parser("build-tiny", help="build the builtin tiny model into DIR")
+    tiny.add_argument("dir")
+    tiny.set_defaults(func=_cmd_model)
+
+    engine_args = sub.add_parser("engine-args", help="check or regenerate the vLLM engine argument catalog")
+    engine_args.add_argument("--write", action="store_true")
+    engine_args.set_defaults(func=_cmd_engine_args)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

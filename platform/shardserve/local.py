@@ -1,0 +1,173 @@
+"""`shardserve run`: a local Ray, the Serve application, progress, clean stop.
+
+The only module that starts and stops a local Ray cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, TextIO
+
+from shardserve.placement import placement_for
+from shardserve.spec import ModelDeployment
+
+logger = logging.getLogger(__name__)
+
+# Logical CPUs for the local Ray: the ingress, the proxy and the replica
+# actors each reserve one, while the real cores go to vLLM's workers.
+MIN_LOGICAL_CPUS = 8
+DEPLOY_TIMEOUT_S = 900.0
+
+
+class RunError(RuntimeError):
+    """The deployment could not start; the message says why."""
+
+
+@dataclass(frozen=True)
+class LocalOptions:
+    host: str = "127.0.0.1"
+    port: Optional[int] = None  # default: spec.serving.port
+    num_cpus: Optional[int] = None
+    deploy_timeout_s: float = DEPLOY_TIMEOUT_S
+    verbose: bool = False
+
+
+class _Stop(Exception):
+    pass
+
+
+def _raise_stop(signum: int, _frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def _describe_progress(app_status: object) -> str:
+    """One line: application state and each deployment's replica counts."""
+    parts = [str(getattr(app_status, "status", "?")).split(".")[-1]]
+    for name, dep in sorted(getattr(app_status, "deployments", {}).items()):
+        counts = getattr(dep, "replica_states", {}) or {}
+        running = counts.get("RUNNING", 0)
+        total = sum(counts.values())
+        parts.append(f"{name} {running}/{total} replicas running")
+    return ", ".join(parts)
+
+
+def _wait_until_running(name: str, timeout_s: float, out: TextIO, started: float) -> None:
+    from ray import serve
+
+    last = ""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(name)
+        if app is not None:
+            state = str(app.status).split(".")[-1]
+            line = _describe_progress(app)
+            if line != last:
+                print(f"  [{time.monotonic() - started:5.1f}s] {line}", file=out, flush=True)
+                last = line
+            if state == "RUNNING":
+                return
+            if state in ("DEPLOY_FAILED", "UNHEALTHY"):
+                raise RunError(f"deployment failed: {app.message or state}")
+        time.sleep(1.0)
+    raise RunError(f"deployment not running after {timeout_s:.0f}s")
+
+
+def _check_accelerators(md: ModelDeployment) -> None:
+    import ray
+
+    needed = placement_for(md.spec).accelerators_per_replica * md.spec.effective_replicas
+    if md.spec.resources.accelerator != "cpu":
+        have = int(ray.cluster_resources().get("GPU", 0))
+        if have < needed:
+            raise RunError(
+                f"spec.resources.accelerator is {md.spec.resources.accelerator}: this needs {needed} GPU(s), "
+                f"the local machine has {have}; use accelerator: cpu to run here"
+            )
+
+
+def run_local(
+    md: ModelDeployment,
+    options: LocalOptions = LocalOptions(),
+    out: TextIO = sys.stdout,
+    on_ready: Optional[Callable[[str], None]] = None,
+) -> int:
+    """Serves `md` until SIGINT/SIGTERM; returns the exit status."""
+    import ray
+    from ray import serve
+
+    from shardserve.app import build_application
+
+    started = time.monotonic()
+    port = options.port or md.spec.serving.port
+    world = placement_for(md.spec).accelerators_per_replica
+    replicas = md.spec.autoscaling.max_replicas if md.spec.autoscaling else md.spec.effective_replicas
+    num_cpus = options.num_cpus or max(MIN_LOGICAL_CPUS, (world + 1) * replicas + 3)
+    name = md.metadata.name
+
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(f"shardserve: starting a local Ray ({num_cpus} logical CPUs)", file=out, flush=True)
+        ray.init(
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=options.verbose,
+            logging_level=logging.INFO if options.verbose else logging.WARNING,
+        )
+        # Ray's core worker installs its own SIGTERM handler (dump and die);
+        # take it back so SIGTERM stops everything as Ctrl-C does.
+        for s in previous:
+            signal.signal(s, _raise_stop)
+        _check_accelerators(md)
+        serve.start(
+            http_options={
+                "host": options.host,
+                "port": port,
+                "request_timeout_s": md.spec.serving.request_timeout_seconds,
+            },
+        )
+        print(f"shardserve: deploying {name} (model {md.spec.model.id}, "
+              f"tensor {md.spec.parallelism.tensor} x pipeline {md.spec.parallelism.pipeline})",
+              file=out, flush=True)
+        serve._run(build_application(md), _blocking=False, name=name, route_prefix="/")
+        _wait_until_running(name, options.deploy_timeout_s, out, started)
+        endpoint = f"http://{options.host}:{port}/v1"
+        print(f"shardserve: ready in {time.monotonic() - started:.1f}s — OpenAI endpoint {endpoint} "
+              f"(model {md.spec.model.id!r}); Ctrl-C stops", file=out, flush=True)
+        if on_ready:
+            on_ready(endpoint)
+        threading.Event().wait()  # until a signal raises _Stop
+        return 0
+    except _Stop as stop:
+        print(f"shardserve: {stop}, stopping", file=out, flush=True)
+        return 0
+    except RunError as err:
+        print(f"shardserve: error: {err}", file=out, flush=True)
+        if not options.verbose:
+            print("shardserve: Ray's logs are under /tmp/ray/session_latest/logs", file=out, flush=True)
+        return 1
+    finally:
+        # Ignore a second Ctrl-C while stopping, so nothing is left half-stopped.
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        _shutdown(out)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _shutdown(out: TextIO) -> None:
+    import ray
+    from ray import serve
+
+    if not ray.is_initialized():
+        return
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+    print("shardserve: stopped", file=out, flush=True)

@@ -1,0 +1,315 @@
+"""The ModelDeployment API: one typed source of truth for the CLI, the
+operator and the generated CRD.
+
+Field names are camelCase in YAML (Kubernetes convention) and snake_case in
+Python. Unknown fields are rejected so a typo fails when the file is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal, Optional
+
+from pydantic import (
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+API_GROUP = "shardserve.dev"
+API_VERSION = "v1alpha1"
+KIND = "ModelDeployment"
+
+SOURCE_SCHEMES = ("hf", "s3", "gs", "pvc", "file", "builtin")
+BUILTIN_MODELS = ("tiny",)
+# Names of children (RayService, its RayCluster, head Service, pods) add
+# suffixes to the ModelDeployment's name; Kubernetes caps labels at 63.
+MAX_NAME_LENGTH = 40
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=AliasGenerator(alias=to_camel),
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+
+def _check_quantity(value: Optional[str]) -> Optional[str]:
+    if value is not None and not _QUANTITY.match(value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. '4', '500m', '16Gi')")
+    return value
+
+
+class ModelSpec(_Model):
+    id: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+        description="Name clients pass as `model` in OpenAI requests.",
+    )
+    source: str = Field(
+        description="Where the weights come from: hf://ORG/NAME, s3://BUCKET/PATH, "
+        "gs://BUCKET/PATH, pvc://CLAIM/PATH, file:///ABS/PATH or builtin://tiny.",
+    )
+    revision: Optional[str] = Field(
+        default=None, description="Hugging Face revision (branch, tag or commit) for hf:// sources."
+    )
+    credentials_secret: Optional[str] = Field(
+        default=None,
+        description="Secret with download credentials (HF_TOKEN, AWS_*, GOOGLE_*), "
+        "passed to replicas as environment variables.",
+    )
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in SOURCE_SCHEMES:
+            raise ValueError(
+                f"{value!r} must start with one of "
+                + ", ".join(f"{s}://" for s in SOURCE_SCHEMES)
+            )
+        if not rest.strip("/"):
+            raise ValueError(f"{value!r} names no model after {scheme}://")
+        if scheme == "builtin" and rest not in BUILTIN_MODELS:
+            raise ValueError(f"builtin models are {', '.join(BUILTIN_MODELS)}; got {rest!r}")
+        if scheme == "file" and not rest.startswith("/"):
+            raise ValueError(f"file:// needs an absolute path (file:///models/x); got {value!r}")
+        return value
+
+    @property
+    def scheme(self) -> str:
+        return self.source.partition("://")[0]
+
+    @property
+    def location(self) -> str:
+        return self.source.partition("://")[2]
+
+
+class EngineSpec(_Model):
+    max_model_len: Optional[int] = Field(
+        default=None, ge=16, le=10_000_000,
+        description="Context length (prompt + output tokens). Defaults to the model's own.",
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="Weight and activation dtype."
+    )
+    max_num_seqs: Optional[int] = Field(
+        default=None, ge=1, le=4096, description="Most sequences the engine batches in one step."
+    )
+    gpu_memory_utilization: Optional[float] = Field(
+        default=None, gt=0, le=1,
+        description="Fraction of accelerator memory vLLM may use (of RAM on CPU).",
+    )
+    kv_cache_memory: Optional[str] = Field(
+        default=None,
+        description="Fixed KV-cache size as a quantity (e.g. '512Mi'); overrides gpuMemoryUtilization.",
+    )
+    enforce_eager: bool = Field(
+        default=False,
+        description="Skip graph compilation: faster start, much slower decoding.",
+    )
+    seed: Optional[int] = Field(default=None, ge=0, description="Engine sampling seed.")
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Further vLLM engine arguments by their vLLM names (snake_case), "
+        "checked against vLLM's EngineArgs when the file is loaded.",
+    )
+
+    @field_validator("kv_cache_memory")
+    @classmethod
+    def _kv_quantity(cls, value: Optional[str]) -> Optional[str]:
+        return _check_quantity(value)
+
+
+class ParallelismSpec(_Model):
+    tensor: int = Field(default=1, ge=1, le=64, description="Tensor-parallel size (accelerators per stage).")
+    pipeline: int = Field(default=1, ge=1, le=64, description="Pipeline-parallel size (stages).")
+    backend: Literal["auto", "mp", "ray"] = Field(
+        default="auto",
+        description="vLLM executor: mp (processes on one node), ray (actors, may span nodes) "
+        "or auto (chosen from the placement).",
+    )
+
+
+# The NVIDIA types Ray detects on a node (ray.util.accelerators); Ray Serve
+# LLM accepts only these names.
+GpuType = Literal[
+    "V100", "P100", "T4", "P4", "K80", "A10G", "L4", "L40S", "A100", "A100-40G", "A100-80G",
+    "H100", "H200", "H20", "B200", "B300", "GB200", "GB300", "RTX-PRO-6000",
+]
+
+
+class ResourcesSpec(_Model):
+    accelerator: Literal["cpu", "nvidia.com/gpu"] = Field(
+        default="nvidia.com/gpu", description="What each vLLM worker runs on."
+    )
+    accelerators_per_node: int = Field(
+        default=8, ge=1, le=256,
+        description="Accelerators (CPU cores for cpu) one node or pod offers to workers.",
+    )
+    accelerator_type: Optional[GpuType] = Field(
+        default=None,
+        description="GPU model, as Ray names it; Ray places replicas only on nodes that have it.",
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels worker pods must match (cluster only)."
+    )
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Tolerations for worker pods (cluster only)."
+    )
+    cpu: Optional[str] = Field(default=None, description="CPU request per worker pod.")
+    memory: Optional[str] = Field(default=None, description="Memory request per worker pod.")
+
+    @field_validator("cpu", "memory")
+    @classmethod
+    def _quantities(cls, value: Optional[str]) -> Optional[str]:
+        return _check_quantity(value)
+
+    @model_validator(mode="after")
+    def _type_needs_gpu(self) -> "ResourcesSpec":
+        if self.accelerator == "cpu" and self.accelerator_type:
+            raise ValueError("acceleratorType applies to GPUs only; remove it for accelerator: cpu")
+        return self
+
+
+class AutoscalingSpec(_Model):
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas; 0 allows scale to zero.")
+    max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
+    target_queue_depth: float = Field(
+        default=4, gt=0, le=10_000,
+        description="Waiting requests per replica above which replicas are added.",
+    )
+    upscale_delay_seconds: float = Field(default=5, ge=0, le=3600, description="How long load must stay high before scaling up.")
+    downscale_delay_seconds: float = Field(default=300, ge=0, le=86_400, description="How long load must stay low before scaling down.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingSpec":
+        if self.max_replicas < self.min_replicas:
+            raise ValueError(
+                f"maxReplicas ({self.max_replicas}) must be >= minReplicas ({self.min_replicas})"
+            )
+        return self
+
+
+class ServingSpec(_Model):
+    max_ongoing_requests: int = Field(default=64, ge=1, le=100_000, description="Requests one replica serves at once.")
+    max_queued_requests: int = Field(
+        default=256, ge=0, le=1_000_000,
+        description="Requests waiting across the deployment beyond which new ones get HTTP 429.",
+    )
+    request_timeout_seconds: float = Field(default=600, gt=0, le=86_400, description="End-to-end limit for one request.")
+    api_key_secret: Optional[str] = Field(
+        default=None, description="Secret holding API keys; when set, /v1/* needs a bearer key."
+    )
+    port: int = Field(default=8000, ge=1024, le=65535, description="HTTP port of the OpenAI endpoint.")
+
+
+class IngressSpec(_Model):
+    host: str = Field(
+        pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="Host name the Ingress serves.",
+    )
+    class_name: Optional[str] = Field(default=None, description="IngressClass (e.g. nginx).")
+    tls_secret: Optional[str] = Field(default=None, description="TLS Secret for the host.")
+    path: str = Field(default="/", pattern=r"^/", description="Path prefix routed to the endpoint.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Extra Ingress annotations.")
+
+
+class ModelDeploymentSpec(_Model):
+    model: ModelSpec = Field(description="Which model to serve and where its weights come from.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
+    parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec, description="How one replica is sharded.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="What one replica runs on.")
+    replicas: Optional[int] = Field(
+        default=None, ge=0, le=1000,
+        description="Fixed replica count when autoscaling is not set (the /scale subresource). Default 1.",
+    )
+    autoscaling: Optional[AutoscalingSpec] = Field(default=None, description="Queue-depth autoscaling bounds.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="Request limits and access.")
+    ingress: Optional[IngressSpec] = Field(default=None, description="Expose the endpoint through an Ingress.")
+    image: Optional[str] = Field(default=None, description="Runtime image for Ray pods (cluster only).")
+
+    @model_validator(mode="after")
+    def _one_replica_owner(self) -> "ModelDeploymentSpec":
+        if self.replicas is not None and self.autoscaling is not None:
+            raise ValueError(
+                "set either replicas or autoscaling, not both: with autoscaling the autoscaler owns the replica count"
+            )
+        return self
+
+    @property
+    def effective_replicas(self) -> int:
+        """Replicas to start with: fixed count, or the autoscaling floor (at least 1)."""
+        if self.autoscaling is not None:
+            return max(1, self.autoscaling.min_replicas)
+        return 1 if self.replicas is None else self.replicas
+
+
+class ObjectMeta(_Model):
+    # Only what a ModelDeployment file needs; the cluster adds the rest.
+    model_config = ConfigDict(extra="ignore", alias_generator=AliasGenerator(alias=to_camel), populate_by_name=True)
+    name: str = Field(max_length=MAX_NAME_LENGTH, description="DNS-1123 label.")
+    namespace: Optional[str] = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    uid: Optional[str] = None
+    generation: Optional[int] = None
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _DNS_LABEL.match(value):
+            raise ValueError(
+                f"{value!r} must be a DNS-1123 label: lowercase letters, digits and '-', starting with a letter"
+            )
+        return value
+
+
+class ModelDeployment(_Model):
+    api_version: Literal["shardserve.dev/v1alpha1"] = Field(description="shardserve.dev/v1alpha1")
+    kind: Literal["ModelDeployment"] = Field(description="ModelDeployment")
+    metadata: ObjectMeta
+    spec: ModelDeploymentSpec
+    # Status is written by the operator; a file may carry one (kubectl get -o yaml).
+    status: Optional[dict[str, Any]] = None
+
+
+# ---- status (written by the operator; its schema goes into the CRD) ----
+
+ConditionType = Literal["SpecValid", "ResourcesApplied", "ServeReady", "Ready"]
+
+
+class Condition(_Model):
+    type: str = Field(description="SpecValid, ResourcesApplied, ServeReady or Ready.")
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(description="CamelCase reason.")
+    message: str = ""
+    observed_generation: Optional[int] = None
+    last_transition_time: Optional[str] = Field(default=None, description="RFC 3339 time the status last flipped.")
+
+
+class PlacementStatus(_Model):
+    accelerators_per_replica: int
+    pods_per_replica: int
+    accelerators_per_pod: int
+    backend: str
+    strategy: str
+
+
+class ModelDeploymentStatus(_Model):
+    observed_generation: Optional[int] = None
+    conditions: list[Condition] = Field(default_factory=list)
+    replicas: int = Field(default=0, description="Replicas the deployment targets.")
+    ready_replicas: int = Field(default=0, description="Replicas serving.")
+    endpoint: Optional[str] = Field(default=None, description="OpenAI base URL inside the cluster.")
+    placement: Optional[PlacementStatus] = None
+    selector: Optional[str] = Field(default=None, description="Label selector of the worker pods (scale subresource).")

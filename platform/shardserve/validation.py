@@ -1,0 +1,111 @@
+"""Loading a ModelDeployment file and collecting every problem with it.
+
+Each problem names the field path (`spec.parallelism.tensor`) and the rule,
+so the CLI, the operator's SpecValid condition and admission say the same.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from pydantic import ValidationError
+
+from shardserve.engine_args import check_engine_args
+from shardserve.placement import PlacementError, check_model_shape, placement_for
+from shardserve.spec import ModelDeployment
+
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+class SpecError(ValueError):
+    """A ModelDeployment is invalid; `problems` lists each reason."""
+
+    def __init__(self, problems: list[str], source: str = ""):
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "invalid ModelDeployment:\n  " + "\n  ".join(problems))
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(document)"
+
+
+def _describe(error: dict[str, Any]) -> str:
+    msg = error["msg"]
+    for prefix in _PYDANTIC_PREFIXES:
+        msg = msg.removeprefix(prefix)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{_path(error['loc'])}: unknown field"
+    if kind == "missing":
+        return f"{_path(error['loc'])}: required field is missing"
+    shown = "" if kind.startswith("value_error") else f" (got {error.get('input')!r})"
+    return f"{_path(error['loc'])}: {msg}{shown}"
+
+
+def model_config_for(md: ModelDeployment) -> Optional[dict[str, Any]]:
+    """The model's config.json when it can be read without downloading."""
+    model = md.spec.model
+    if model.scheme == "builtin":
+        from shardserve.models import TINY_CONFIG
+
+        return TINY_CONFIG
+    if model.scheme == "file":
+        config = Path("/" + model.location.lstrip("/")) / "config.json"
+        if config.is_file():
+            try:
+                return json.loads(config.read_text())
+            except (OSError, ValueError):
+                return None
+    return None
+
+
+def check_deployment(md: ModelDeployment) -> list[str]:
+    """Rules across fields and against vLLM that pydantic alone cannot see."""
+    spec = md.spec
+    problems = check_engine_args(spec.engine.args)
+    try:
+        placement_for(spec)
+    except PlacementError as err:
+        problems.append(str(err))
+    problems += check_model_shape(spec.parallelism.tensor, spec.parallelism.pipeline, model_config_for(md))
+    return problems
+
+
+def parse_deployment(data: Any, source: str = "") -> ModelDeployment:
+    """Validates a parsed document; raises SpecError listing every problem."""
+    if not isinstance(data, dict):
+        raise SpecError([f"(document): must be a mapping with apiVersion, kind, metadata, spec; got {type(data).__name__}"], source)
+    try:
+        md = ModelDeployment.model_validate(data)
+    except ValidationError as err:
+        raise SpecError([_describe(e) for e in err.errors()], source) from None
+    problems = check_deployment(md)
+    if problems:
+        raise SpecError(problems, source)
+    return md
+
+
+def load_file(path: str | Path) -> ModelDeployment:
+    """Reads and validates a ModelDeployment YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise SpecError([f"cannot read file: {err.strerror}"], str(path)) from None
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError([f"(document): not valid YAML{at}: {getattr(err, 'problem', err)}"], str(path)) from None
+    if len(docs) != 1:
+        raise SpecError([f"(document): expected one ModelDeployment, found {len(docs)} documents"], str(path))
+    return parse_deployment(docs[0], str(path))
