@@ -1,0 +1,101 @@
+"""Desired children of a ModelDeployment, as plain dicts (pure, deterministic).
+
+`render_children` is what the operator applies and what `shardserve render`
+prints: the same input always gives the same objects, byte for byte.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, Iterable, Optional
+
+import yaml
+
+from shardserve.spec import ModelDeployment
+
+from shardserve_operator import naming
+from shardserve_operator.render.ingress import build_ingress
+from shardserve_operator.render.options import RenderOptions
+from shardserve_operator.render.rayservice import build_rayservice
+from shardserve_operator.render.service import build_service
+
+__all__ = [
+    "RenderOptions",
+    "build_ingress",
+    "build_rayservice",
+    "build_service",
+    "compute_hash",
+    "read_hash",
+    "render_children",
+    "render_yaml",
+]
+
+
+def compute_hash(obj: dict[str, Any]) -> str:
+    """Digest of an object as rendered, ignoring the annotation that carries it."""
+    clean = copy.deepcopy(obj)
+    annotations = clean.get("metadata", {}).get("annotations", {})
+    annotations.pop(naming.ANNOTATION_RENDERED_HASH, None)
+    if not annotations:
+        clean.get("metadata", {}).pop("annotations", None)
+    canonical = json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def read_hash(obj: Optional[dict[str, Any]]) -> Optional[str]:
+    if not obj:
+        return None
+    return (obj.get("metadata", {}).get("annotations") or {}).get(naming.ANNOTATION_RENDERED_HASH)
+
+
+def _finish(obj: dict[str, Any], namespace: Optional[str], owner: Optional[dict[str, Any]]) -> dict[str, Any]:
+    meta = obj["metadata"]
+    ordered: dict[str, Any] = {"name": meta["name"]}
+    if namespace:
+        ordered["namespace"] = namespace
+    ordered.update({k: v for k, v in meta.items() if k != "name"})
+    ordered.setdefault("annotations", {})
+    if owner:
+        ordered["ownerReferences"] = [owner]
+    obj["metadata"] = ordered
+    ordered["annotations"][naming.ANNOTATION_RENDERED_HASH] = compute_hash(obj)
+    return obj
+
+
+def render_children(
+    md: ModelDeployment,
+    options: RenderOptions = RenderOptions(),
+    *,
+    owner_uid: Optional[str] = None,
+    active_cluster: Optional[str] = None,
+) -> list[dict[str, Any]]:
+    """RayService, Service and (when spec.ingress is set) Ingress, each stamped with its hash.
+
+    Without `owner_uid` (no cluster, as in `shardserve render`) the objects
+    carry no owner reference; the operator always sets one.
+    """
+    owner = naming.build_owner_reference(md.metadata.name, owner_uid) if owner_uid else None
+    objects = [build_rayservice(md, options), build_service(md, active_cluster)]
+    ingress = build_ingress(md)
+    if ingress is not None:
+        objects.append(ingress)
+    return [_finish(obj, md.metadata.namespace, owner) for obj in objects]
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (serveConfigV2) as `|` blocks, so they read as YAML."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _represent_str)
+
+
+def render_yaml(objects: Iterable[dict[str, Any]]) -> str:
+    """A YAML multi-document stream, keys in rendering order."""
+    return yaml.dump_all(list(objects), Dumper=_BlockDumper, sort_keys=False, explicit_start=True)
