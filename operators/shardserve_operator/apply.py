@@ -1,0 +1,191 @@
+"""The only module that writes what the operator reconciles: children, status, events.
+
+Get -> create, or compare the rendered hash -> replace, as KServe's controller
+does: API servers without server-side apply (and mock servers) behave the
+same, and a replace carrying the resourceVersion that was read fails with 409
+instead of overwriting someone's concurrent change. An object whose
+controller is not this ModelDeployment is never touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Mapping, Optional, Sequence
+
+from kubernetes.client.exceptions import ApiException
+
+from shardserve_operator import naming
+from shardserve_operator.kube import CHILD_KINDS, EVENT, MERGE_PATCH, MODEL_DEPLOYMENT, Kind, Kube, kind_of
+from shardserve_operator.observe import Observed, child_name
+from shardserve_operator.render import read_hash
+from shardserve_operator.status import EventRecord
+
+log = logging.getLogger(__name__)
+
+# Fields the API server allocates for a Service; a replace must carry them over.
+_SERVICE_ALLOCATED = ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy", "healthCheckNodePort")
+
+
+def describe(kind: Kind, namespace: str, name: str) -> str:
+    return f"{kind.kind} {namespace}/{name}"
+
+
+@dataclass
+class ApplyReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    # Objects in the way: same name, another (or no) controller.
+    not_owned: list[str] = field(default_factory=list)
+    # kind -> our child as the server now holds it (the write's response, or as read)
+    current: dict[Kind, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def writes(self) -> int:
+        return len(self.created) + len(self.updated) + len(self.deleted)
+
+
+def build_replacement(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The object to PUT: desired spec and our labels/annotations over what the server holds.
+
+    Labels, annotations and owner references others added are kept; the
+    resourceVersion read is kept too, so a concurrent change makes it fail.
+    """
+    body = copy.deepcopy(dict(existing))
+    meta = body.setdefault("metadata", {})
+    meta.pop("managedFields", None)
+    want = desired["metadata"]
+    meta["labels"] = {**(meta.get("labels") or {}), **want.get("labels", {})}
+    meta["annotations"] = {**(meta.get("annotations") or {}), **want.get("annotations", {})}
+    ours = {ref["uid"] for ref in want.get("ownerReferences", [])}
+    others = [ref for ref in meta.get("ownerReferences") or [] if ref.get("uid") not in ours]
+    refs = others + list(want.get("ownerReferences", []))
+    if refs:
+        meta["ownerReferences"] = refs
+    spec = copy.deepcopy(desired["spec"])
+    if desired.get("kind") == "Service":
+        old = existing.get("spec") or {}
+        spec.update({key: old[key] for key in _SERVICE_ALLOCATED if key in old and key not in spec})
+    body["spec"] = spec
+    return body
+
+
+def apply_children(
+    kube: Kube,
+    namespace: str,
+    md_name: str,
+    owner_uid: str,
+    desired: Sequence[dict[str, Any]],
+    observed: Observed,
+) -> ApplyReport:
+    """Creates, replaces or deletes children so the server matches `desired`.
+
+    Raises ApiException on the first failed write; the caller retries the
+    whole reconcile, which is idempotent.
+    """
+    report = ApplyReport()
+    rendered = {kind_of(obj): obj for obj in desired}
+    for kind in CHILD_KINDS:
+        name = child_name(kind, md_name)
+        what = describe(kind, namespace, name)
+        existing = observed.get(kind)
+        want = rendered.get(kind)
+        if existing is not None and not naming.is_controlled_by(existing, owner_uid):
+            if want is not None:
+                ref = naming.find_controller(existing)
+                holder = f"{ref.get('kind')} {ref.get('name')}" if ref else "no controller"
+                report.not_owned.append(f"{what} exists and is controlled by {holder}")
+            continue  # not ours: never updated or deleted
+        if want is None:
+            if existing is not None:
+                delete_child(kube, kind, namespace, existing)
+                report.deleted.append(what)
+            continue
+        if existing is None:
+            report.current[kind] = kube.request("POST", kind.path(namespace), want)
+            report.created.append(what)
+        elif read_hash(existing) == read_hash(want):
+            report.current[kind] = existing
+            report.unchanged.append(what)
+        else:
+            report.current[kind] = kube.request("PUT", kind.path(namespace, name), build_replacement(existing, want))
+            report.updated.append(what)
+    return report
+
+
+def delete_child(kube: Kube, kind: Kind, namespace: str, existing: Mapping[str, Any]) -> None:
+    """Deletes the very object that was read (uid precondition); gone already is fine."""
+    meta = existing["metadata"]
+    options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+    if meta.get("uid"):
+        options["preconditions"] = {"uid": meta["uid"]}
+    try:
+        kube.request("DELETE", kind.path(namespace, meta["name"]), options)
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
+def build_status_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON merge patch turning `previous` into `new` (null removes a field)."""
+    patch = {key: None for key in previous if key not in new}
+    patch.update(new)
+    return {"status": patch}
+
+
+def apply_status(kube: Kube, namespace: str, name: str, previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Writes status through the status subresource when it differs; True if written."""
+    if dict(previous) == dict(new):
+        return False
+    try:
+        kube.request("PATCH", MODEL_DEPLOYMENT.path(namespace, name, "status"),
+                     build_status_patch(previous, new), content_type=MERGE_PATCH)
+    except ApiException as err:
+        if err.status == 404:  # deleted meanwhile
+            return False
+        raise
+    return True
+
+
+def build_event(md: Mapping[str, Any], record: EventRecord, now: datetime) -> dict[str, Any]:
+    meta = md["metadata"]
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        # client-go's naming: <object>.<unix nanoseconds in hex>
+        "metadata": {"name": f"{meta['name']}.{int(now.timestamp() * 1e9):x}", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": md.get("apiVersion", naming.MD_API_VERSION),
+            "kind": md.get("kind", "ModelDeployment"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "reason": record.reason,
+        "message": record.message[:1024],
+        "type": record.type,
+        "source": {"component": naming.MANAGER},
+        "reportingComponent": naming.MANAGER,
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "count": 1,
+    }
+
+
+def apply_events(kube: Kube, md: Mapping[str, Any], records: Sequence[EventRecord], now: datetime) -> int:
+    """Posts events; best effort (an event lost must not fail a reconcile). Returns how many were posted."""
+    posted = 0
+    for offset, record in enumerate(records):
+        body = build_event(md, record, now)
+        body["metadata"]["name"] += f"{offset:x}"
+        try:
+            kube.request("POST", EVENT.path(md["metadata"]["namespace"]), body)
+            posted += 1
+        except ApiException as err:
+            log.warning("could not post event %s for %s: %s", record.reason, md["metadata"]["name"], err.reason)
+    return posted

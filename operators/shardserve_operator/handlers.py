@@ -1,0 +1,142 @@
+"""kopf registration: thin handlers that hand every trigger to reconcile().
+
+Two kinds of triggers lead to the same level-based reconcile:
+
+- the ModelDeployment itself (created, spec/labels changed, found at start):
+  kopf's change handlers, retried by kopf on TemporaryError with our delay;
+- its children (RayService status, or a Service/Ingress edited or deleted):
+  watch events, mapped to the owner by its controller reference. Events
+  that only echo what the last reconcile left (same hash, same status) are
+  dropped, so the operator's own writes cost no extra reconcile.
+
+Reconciles of one ModelDeployment never overlap (one lock per object).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+from typing import Any, Mapping, Optional
+
+import kopf
+
+from shardserve_operator import naming
+from shardserve_operator.kube import CHILD_KINDS, MODEL_DEPLOYMENT, Kind, Kube
+from shardserve_operator.observe import read_model_deployment
+from shardserve_operator.reconcile import ReconcileResult, fingerprint_of, reconcile, retry_later
+from shardserve_operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+# A child event's reconcile gives up after this many failed attempts; the
+# next event (or the ModelDeployment's own handler) starts over.
+CHILD_EVENT_ATTEMPTS = 8
+
+
+class Controller:
+    """What the handlers of one running operator share."""
+
+    def __init__(self, kube: Kube, settings: OperatorSettings):
+        self.kube = kube
+        self.settings = settings
+        self.reconciles = 0
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._seen: dict[tuple[str, str, Kind], str] = {}
+        self._not_before: dict[tuple[str, str], float] = {}
+
+    def _lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+    def _remember(self, namespace: str, name: str, result: ReconcileResult) -> None:
+        for kind in CHILD_KINDS:
+            key = (namespace, name, kind)
+            if kind in result.fingerprints:
+                self._seen[key] = result.fingerprints[kind]
+            else:
+                self._seen.pop(key, None)
+
+    async def _run(self, body: Mapping[str, Any], attempt: int) -> ReconcileResult:
+        """Reconciles in a worker thread; the caller holds the object's lock.
+
+        A backoff (or a server's Retry-After) holds for every trigger of the
+        object, so a child's watch event cannot jump the queue.
+        """
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        loop = asyncio.get_running_loop()
+        wait = self._not_before.get(key, 0.0) - loop.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self.reconciles += 1
+        try:
+            result = await asyncio.to_thread(reconcile, self.kube, copy.deepcopy(dict(body)), self.settings,
+                                             attempt=attempt)
+        except kopf.TemporaryError as err:
+            self._not_before[key] = loop.time() + (err.delay or 0.0)
+            raise
+        self._not_before.pop(key, None)
+        self._remember(meta["namespace"], meta["name"], result)
+        return result
+
+    async def reconcile_body(self, body: Mapping[str, Any], attempt: int = 0) -> ReconcileResult:
+        meta = body["metadata"]
+        async with self._lock(meta["namespace"], meta["name"]):
+            return await self._run(body, attempt)
+
+    async def on_child_event(self, kind: Kind, child: Mapping[str, Any], event_type: Optional[str]) -> None:
+        """Reconciles the child's owner, read afresh, unless the event is our own echo."""
+        owner = naming.find_owner_name(child)
+        if owner is None:
+            return
+        namespace = child["metadata"]["namespace"]
+        for attempt in range(CHILD_EVENT_ATTEMPTS):
+            async with self._lock(namespace, owner):
+                # Checked under the lock: a reconcile in flight records what it left.
+                if attempt == 0 and not self.is_news(kind, child, event_type):
+                    return
+                try:
+                    body = await asyncio.to_thread(read_model_deployment, self.kube, namespace, owner)
+                    if body is None:
+                        return  # deleted; garbage collection removes the children
+                    await self._run(body, attempt)
+                    return
+                except kopf.PermanentError:
+                    return  # reported in status; waits for a new spec
+                except kopf.TemporaryError as err:
+                    delay = err.delay or self.settings.retry_base_seconds
+                except Exception as err:  # reading the ModelDeployment failed
+                    delay = retry_later(err, attempt, self.settings).delay or self.settings.retry_base_seconds
+            log.debug("retrying %s/%s in %.2fs", namespace, owner, delay)
+            await asyncio.sleep(delay)
+        log.warning("gave up reconciling %s/%s after %d attempts", namespace, owner, CHILD_EVENT_ATTEMPTS)
+
+    def is_news(self, kind: Kind, child: Mapping[str, Any], event_type: Optional[str]) -> bool:
+        """False for events that show exactly what the last reconcile left behind."""
+        owner = naming.find_owner_name(child)
+        if owner is None:
+            return False
+        if event_type == "DELETED":
+            return True
+        key = (child["metadata"]["namespace"], owner, kind)
+        return self._seen.get(key) != fingerprint_of(child)
+
+
+def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
+    md = dict(group=MODEL_DEPLOYMENT.group, version=MODEL_DEPLOYMENT.version, plural=MODEL_DEPLOYMENT.plural)
+
+    @kopf.on.resume(**md, registry=registry, id="reconcile")
+    @kopf.on.create(**md, registry=registry, id="reconcile")
+    @kopf.on.update(**md, registry=registry, id="reconcile")
+    async def model_deployment_changed(body: kopf.Body, retry: int, **_: Any) -> None:
+        await controller.reconcile_body(body, attempt=retry)
+
+    for child_kind in CHILD_KINDS:
+        _register_child(registry, controller, child_kind)
+
+
+def _register_child(registry: kopf.OperatorRegistry, controller: Controller, kind: Kind) -> None:
+    @kopf.on.event(kind.group, kind.version, kind.plural, registry=registry, id=f"child-{kind.plural}",
+                   labels={naming.LABEL_MANAGED_BY: naming.MANAGER})
+    async def child_changed(body: kopf.Body, type: Optional[str], **_: Any) -> None:
+        await controller.on_child_event(kind, body, type)

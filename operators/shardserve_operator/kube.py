@@ -1,0 +1,132 @@
+"""The HTTP door to the API server: JSON dicts in and out over the official client.
+
+The generated typed clients would turn RayServices and Services into
+different model classes; children are compared and hashed as plain dicts, so
+requests go through the official ApiClient (auth, TLS, connection pool) with
+raw JSON. Only observe.py reads and only apply.py writes what the operator
+reconciles; leader.py writes its own Lease.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+REQUEST_TIMEOUT = (5, 30)  # seconds: connect, read
+
+JSON = "application/json"
+MERGE_PATCH = "application/merge-patch+json"
+
+
+@dataclass(frozen=True)
+class Kind:
+    api_version: str
+    kind: str
+    plural: str
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+    def path(self, namespace: str, name: Optional[str] = None, subresource: Optional[str] = None) -> str:
+        root = f"/apis/{self.api_version}" if self.group else f"/api/{self.api_version}"
+        path = f"{root}/namespaces/{namespace}/{self.plural}"
+        if name:
+            path += f"/{name}"
+        if subresource:
+            path += f"/{subresource}"
+        return path
+
+
+MODEL_DEPLOYMENT = Kind("shardserve.dev/v1alpha1", "ModelDeployment", "modeldeployments")
+RAYSERVICE = Kind("ray.io/v1", "RayService", "rayservices")
+SERVICE = Kind("v1", "Service", "services")
+INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses")
+EVENT = Kind("v1", "Event", "events")
+LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
+
+# Every kind the operator may create for a ModelDeployment, in apply order.
+CHILD_KINDS = (RAYSERVICE, SERVICE, INGRESS)
+
+
+def kind_of(obj: Mapping[str, Any]) -> Kind:
+    for kind in CHILD_KINDS + (MODEL_DEPLOYMENT, EVENT, LEASE):
+        if kind.api_version == obj.get("apiVersion") and kind.kind == obj.get("kind"):
+            return kind
+    raise ValueError(f"unknown kind {obj.get('apiVersion')}/{obj.get('kind')}")
+
+
+def retry_after_seconds(error: ApiException) -> Optional[float]:
+    """The server's Retry-After (seconds form), if it sent one."""
+    headers = error.headers or {}
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def build_api_client(server: Optional[str] = None) -> client.ApiClient:
+    """An ApiClient for `server` (no credentials), else in-cluster config, else ~/.kube/config."""
+    from kubernetes import config
+
+    configuration = client.Configuration()
+    if server:
+        configuration.host = server.rstrip("/")
+    else:
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except config.ConfigException:
+            config.load_kube_config(client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+class Kube:
+    """Thread-safe JSON requests; counts calls per (method, plural) for logs and tests."""
+
+    def __init__(self, api_client: client.ApiClient):
+        self.api_client = api_client
+        self.calls: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Optional[Any] = None,
+        *,
+        content_type: str = JSON,
+        query: Optional[dict[str, str]] = None,
+    ) -> dict[str, Any]:
+        """Sends one request; raises ApiException (with status and headers) on non-2xx."""
+        headers = {"Accept": JSON, "Content-Type": content_type}
+        method_, url, headers, body_, post = self.api_client.param_serialize(
+            method, path, query_params=list((query or {}).items()) or None,
+            header_params=headers, body=body, auth_settings=["BearerToken"],
+        )
+        with self._lock:
+            self.calls[(method, path.rsplit("/namespaces/", 1)[-1].split("/")[1])] += 1
+        response = self.api_client.call_api(method_, url, headers, body_, post, _request_timeout=REQUEST_TIMEOUT)
+        response.read()
+        if not 200 <= response.status <= 299:
+            raise ApiException.from_response(http_resp=response, body=response.data.decode("utf-8", "replace"), data=None)
+        return json.loads(response.data) if response.data else {}
+
+    def get(self, kind: Kind, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        """The object, or None when it does not exist."""
+        try:
+            return self.request("GET", kind.path(namespace, name))
+        except ApiException as err:
+            if err.status == 404:
+                return None
+            raise

@@ -1,0 +1,181 @@
+"""One reconcile of one ModelDeployment: validate -> observe -> render -> apply -> status.
+
+Level-based and idempotent: it reads what exists and converges it, whatever
+triggered it, so a retry or a duplicate trigger is always safe. Errors leave
+as kopf errors: PermanentError for what only a new spec can fix,
+TemporaryError (with a backoff delay) for what time may fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Mapping, Optional
+
+import kopf
+import urllib3.exceptions
+from kubernetes.client.exceptions import ApiException
+
+from shardserve.validation import SpecError, parse_deployment
+
+from shardserve_operator.apply import ApplyReport, apply_children, apply_events, apply_status
+from shardserve_operator.kube import RAYSERVICE, Kind, Kube, retry_after_seconds
+from shardserve_operator.naming import is_controlled_by
+from shardserve_operator.observe import Observed, find_active_cluster, observe_children
+from shardserve_operator.render import read_hash, render_children
+from shardserve_operator.settings import OperatorSettings
+from shardserve_operator.status import ApplyOutcome, compute_events, compute_status
+
+log = logging.getLogger(__name__)
+
+# Consecutive failed attempts after which ResourcesApplied turns False: one
+# blip (a 409 or a 503) is retried quietly instead of flapping the condition.
+APPLY_FAILED_AFTER = 3
+# Transport failures (refused, reset, timed out) are as retriable as a 503.
+_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
+
+
+def compute_retry_delay(
+    attempt: int, *, base: float, cap: float, retry_after: Optional[float] = None, jitter: float = 0.0
+) -> float:
+    """Exponential backoff (base * 2**attempt, capped, stretched by up to `jitter`); never shorter than Retry-After."""
+    delay = min(cap, base * (2 ** max(0, attempt))) * (1.0 + max(0.0, jitter))
+    return max(delay, retry_after or 0.0)
+
+
+def is_retriable(err: BaseException) -> bool:
+    """Conflicts, throttling, server errors, vanished objects, RBAC still being set up, transport errors."""
+    if isinstance(err, ApiException):
+        status = err.status or 0
+        return status in (0, 403, 404, 408, 409, 429) or status >= 500
+    return isinstance(err, _TRANSPORT_ERRORS)
+
+
+def describe_error(err: BaseException) -> str:
+    if isinstance(err, ApiException):
+        detail = ""
+        try:
+            detail = json.loads(err.body or "{}").get("message", "")
+        except ValueError:
+            pass
+        return f"HTTP {err.status} {err.reason or ''}".strip() + (f": {detail}" if detail else "")
+    return f"{type(err).__name__}: {err}"
+
+
+def retry_later(err: BaseException, attempt: int, settings: OperatorSettings) -> kopf.TemporaryError:
+    retry_after = retry_after_seconds(err) if isinstance(err, ApiException) else None
+    delay = compute_retry_delay(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds,
+                                retry_after=retry_after, jitter=random.random() * 0.2)
+    return kopf.TemporaryError(f"{describe_error(err)}; retrying in {delay:.2f}s", delay=delay)
+
+
+def compute_fingerprint(content_hash: Optional[str], status: Any) -> str:
+    """What an event about a child must differ in to be worth a reconcile."""
+    raw = json.dumps([content_hash, status], sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ReconcileResult:
+    status_written: bool = False
+    report: Optional[ApplyReport] = None
+    # kind -> fingerprint of the child as left on the server
+    fingerprints: dict[Kind, str] = field(default_factory=dict)
+
+
+def _document(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
+
+
+def _write_status(kube: Kube, body: Mapping[str, Any], previous: dict, status: dict, now: datetime) -> bool:
+    meta = body["metadata"]
+    if not apply_status(kube, meta["namespace"], meta["name"], previous, status):
+        return False
+    apply_events(kube, body, compute_events(previous, status), now)
+    return True
+
+
+def reconcile(
+    kube: Kube,
+    body: Mapping[str, Any],
+    settings: OperatorSettings,
+    *,
+    attempt: int = 0,
+    now: Optional[datetime] = None,
+) -> ReconcileResult:
+    """Converges one ModelDeployment's children and status. Blocking (run it in a thread)."""
+    now = now or datetime.now(timezone.utc)
+    meta = body["metadata"]
+    namespace, name, uid, generation = meta["namespace"], meta["name"], meta.get("uid"), meta.get("generation")
+    if not uid:
+        raise kopf.PermanentError("the object has no metadata.uid; cannot set owner references")
+    previous = dict(body.get("status") or {})
+    common = dict(name=name, namespace=namespace, now=now, previous=previous)
+
+    try:
+        observed: Observed = observe_children(kube, namespace, name)
+    except Exception as err:
+        if is_retriable(err):
+            raise retry_later(err, attempt, settings) from err
+        raise
+
+    ours = observed.rayservice if observed.rayservice and is_controlled_by(observed.rayservice, uid) else None
+    try:
+        md = parse_deployment(_document(body), source=f"{namespace}/{name}")
+    except SpecError as err:
+        status = compute_status(None, ours, generation, problems=err.problems, **common)
+        try:
+            _write_status(kube, body, previous, status, now)
+        except Exception as write_err:
+            if is_retriable(write_err):
+                raise retry_later(write_err, attempt, settings) from write_err
+            raise
+        # Not retried: only a new spec (a new generation) can fix it.
+        raise kopf.PermanentError("invalid spec: " + "; ".join(err.problems)) from None
+
+    desired = render_children(md, settings.render_options(), owner_uid=uid,
+                              active_cluster=find_active_cluster(observed.rayservice))
+    try:
+        report = apply_children(kube, namespace, name, uid, desired, observed)
+    except Exception as err:
+        retriable = is_retriable(err)
+        if not retriable or attempt + 1 >= APPLY_FAILED_AFTER:
+            failed = compute_status(md, ours, generation, applied=ApplyOutcome(error=describe_error(err)), **common)
+            try:
+                _write_status(kube, body, previous, failed, now)
+            except Exception:  # the API is failing already; the retry will write it
+                log.debug("could not write status of %s/%s", namespace, name, exc_info=True)
+        if retriable:
+            raise retry_later(err, attempt, settings) from err
+        raise kopf.PermanentError(f"the API server rejected a child: {describe_error(err)}") from err
+
+    # Status describes the children as they are now, after this apply.
+    status = compute_status(md, report.current.get(RAYSERVICE), generation,
+                            applied=ApplyOutcome(not_owned=tuple(report.not_owned)), **common)
+    try:
+        written = _write_status(kube, body, previous, status, now)
+    except Exception as err:
+        if is_retriable(err):
+            raise retry_later(err, attempt, settings) from err
+        raise
+    result = ReconcileResult(
+        status_written=written,
+        report=report,
+        fingerprints={kind: fingerprint_of(child) for kind, child in report.current.items()},
+    )
+    if report.writes or written:
+        log.info("reconciled %s/%s: created %s, updated %s, deleted %s, status %s", namespace, name,
+                 report.created or "-", report.updated or "-", report.deleted or "-",
+                 "written" if written else "unchanged")
+    if report.not_owned:
+        # Nothing announces when the name is freed; look again later.
+        raise kopf.TemporaryError("; ".join(report.not_owned), delay=settings.conflict_retry_seconds)
+    return result
+
+
+def fingerprint_of(child: Mapping[str, Any]) -> str:
+    return compute_fingerprint(read_hash(dict(child)), child.get("status"))

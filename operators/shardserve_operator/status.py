@@ -1,0 +1,248 @@
+"""ModelDeployment status from the spec and the observed children (pure).
+
+Condition types and reasons, all in one place:
+
+  SpecValid         True   SpecAccepted             the spec passed every check
+                    False  InvalidSpec              message: "field.path: rule; ..."
+  ResourcesApplied  True   Applied                  RayService, Service (and Ingress) match this generation
+                    False  InvalidSpec              nothing applied; children are left as they were
+                    False  NotOwned                 a child's name is taken by an object this
+                                                    ModelDeployment does not control
+                    False  ApplyFailed              the API server rejected or kept failing a write
+  ServeReady        True   ServeRunning             KubeRay reports the RayService Ready and the
+                                                    application is neither failed nor unhealthy
+                    False  WaitingForRayService     no RayService, or no status from KubeRay yet
+                    False  Initializing, InitializingTimeout, ZeroServeEndpoints, NoActiveCluster
+                                                    KubeRay's own reason for Ready=False
+                    False  ApplicationDeploying     Serve is still deploying the application
+                    False  ApplicationDeployFailed  Serve could not deploy it (message from Serve)
+                    False  ApplicationUnhealthy     Serve reports it unhealthy
+                    False  ApplicationMissing       the RayService runs no application by this name
+  Ready             True   Serving                  the three above are True
+                    False  InvalidSpec, ResourcesNotApplied, ServeNotReady  (the first that is not True)
+
+Every condition carries observedGeneration; lastTransitionTime moves only
+when its status flips, so rewriting a reason or message does not reset it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping, Optional, Sequence
+
+from shardserve.builder import LLM_DEPLOYMENT
+from shardserve.placement import placement_for
+from shardserve.spec import ModelDeployment, ModelDeploymentStatus
+
+from shardserve_operator import naming
+
+SPEC_VALID = "SpecValid"
+RESOURCES_APPLIED = "ResourcesApplied"
+SERVE_READY = "ServeReady"
+READY = "Ready"
+CONDITION_TYPES = (SPEC_VALID, RESOURCES_APPLIED, SERVE_READY, READY)
+
+# Reasons (see the table above).
+SPEC_ACCEPTED = "SpecAccepted"
+INVALID_SPEC = "InvalidSpec"
+APPLIED = "Applied"
+NOT_OWNED = "NotOwned"
+APPLY_FAILED = "ApplyFailed"
+SERVE_RUNNING = "ServeRunning"
+WAITING_FOR_RAYSERVICE = "WaitingForRayService"
+KUBERAY_REASONS = ("Initializing", "InitializingTimeout", "ZeroServeEndpoints", "NoActiveCluster")
+APPLICATION_DEPLOYING = "ApplicationDeploying"
+APPLICATION_DEPLOY_FAILED = "ApplicationDeployFailed"
+APPLICATION_UNHEALTHY = "ApplicationUnhealthy"
+APPLICATION_MISSING = "ApplicationMissing"
+SERVING = "Serving"
+RESOURCES_NOT_APPLIED = "ResourcesNotApplied"
+SERVE_NOT_READY = "ServeNotReady"
+# False with one of these needs a person, so its event is a Warning.
+FAILURE_REASONS = frozenset({INVALID_SPEC, NOT_OWNED, APPLY_FAILED, APPLICATION_DEPLOY_FAILED,
+                             APPLICATION_UNHEALTHY, APPLICATION_MISSING, "InitializingTimeout"})
+
+
+@dataclass(frozen=True)
+class ConditionState:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ApplyOutcome:
+    """What status needs to know about the last apply."""
+
+    not_owned: Sequence[str] = ()
+    error: Optional[str] = None  # set when writes failed (after retries) or were rejected
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    type: str  # "Normal" | "Warning"
+    reason: str
+    message: str
+
+
+def format_time(now: datetime) -> str:
+    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find_condition(conditions: Optional[Sequence[Mapping[str, Any]]], type_: str) -> Optional[Mapping[str, Any]]:
+    for condition in conditions or ():
+        if condition.get("type") == type_:
+            return condition
+    return None
+
+
+def build_condition(
+    state: ConditionState, previous: Optional[Mapping[str, Any]], generation: Optional[int], now: datetime
+) -> dict[str, Any]:
+    """A condition dict; keeps the previous lastTransitionTime unless the status flipped."""
+    since = previous.get("lastTransitionTime") if previous and previous.get("status") == state.status else None
+    condition: dict[str, Any] = {
+        "type": state.type,
+        "status": state.status,
+        "reason": state.reason,
+        "message": state.message,
+        "lastTransitionTime": since or format_time(now),
+    }
+    if generation is not None:
+        condition["observedGeneration"] = generation
+    return condition
+
+
+def _app_status(rayservice: Optional[Mapping[str, Any]], app_name: str) -> tuple[dict, Optional[dict]]:
+    status = (rayservice or {}).get("status") or {}
+    apps = ((status.get("activeServiceStatus") or {}).get("applicationStatuses")) or {}
+    return apps, apps.get(app_name)
+
+
+def compute_serve_readiness(rayservice: Optional[Mapping[str, Any]], app_name: str) -> ConditionState:
+    """ServeReady, read from the RayService's own status (KubeRay's Ready condition and Serve's app status)."""
+    if rayservice is None:
+        return ConditionState(SERVE_READY, "False", WAITING_FOR_RAYSERVICE, "the RayService does not exist yet")
+    status = rayservice.get("status") or {}
+    if not status:
+        return ConditionState(SERVE_READY, "False", WAITING_FOR_RAYSERVICE, "KubeRay has not reported on the RayService yet")
+    apps, app = _app_status(rayservice, app_name)
+    app_state = (app or {}).get("status")
+    app_message = (app or {}).get("message") or ""
+    if app_state == "DEPLOY_FAILED":
+        return ConditionState(SERVE_READY, "False", APPLICATION_DEPLOY_FAILED, app_message or "Serve could not deploy the application")
+    if app_state == "UNHEALTHY":
+        return ConditionState(SERVE_READY, "False", APPLICATION_UNHEALTHY, app_message or "Serve reports the application unhealthy")
+    ready = find_condition(status.get("conditions"), "Ready")
+    is_ready = ready.get("status") == "True" if ready else status.get("serviceStatus") == "Running"
+    endpoints = status.get("numServeEndpoints", 0)
+    if is_ready:
+        if apps and app is None:
+            return ConditionState(SERVE_READY, "False", APPLICATION_MISSING, f"no Serve application named {app_name!r}")
+        note = f"; application {app_state}" if app_state not in (None, "RUNNING") else ""
+        return ConditionState(SERVE_READY, "True", SERVE_RUNNING, f"{endpoints} pod(s) serve the endpoint{note}")
+    if app_state in ("DEPLOYING", "NOT_STARTED"):
+        return ConditionState(SERVE_READY, "False", APPLICATION_DEPLOYING, app_message or "Serve is deploying the application")
+    reason = (ready or {}).get("reason")
+    reason = reason if reason in KUBERAY_REASONS else "Initializing"
+    return ConditionState(SERVE_READY, "False", reason, (ready or {}).get("message") or "the RayService is not ready")
+
+
+def _replica_counts(md: ModelDeployment, rayservice: Optional[Mapping[str, Any]], serve_ready: bool) -> tuple[int, int]:
+    """(replicas, readyReplicas) of the model, from the spec and the active RayCluster's workers."""
+    spec = md.spec
+    pods = placement_for(spec).pods_per_replica
+    cluster = (((rayservice or {}).get("status") or {}).get("activeServiceStatus") or {}).get("rayClusterStatus") or {}
+    target = spec.effective_replicas
+    if spec.autoscaling is not None and cluster.get("desiredWorkerReplicas") is not None:
+        wanted = int(cluster["desiredWorkerReplicas"]) // pods
+        target = min(spec.autoscaling.max_replicas, max(spec.autoscaling.min_replicas, wanted))
+    if not serve_ready:
+        return target, 0
+    _, app = _app_status(rayservice, md.metadata.name)
+    deployment = ((app or {}).get("serveDeploymentStatuses") or {}).get(LLM_DEPLOYMENT) or {}
+    if deployment.get("status") == "HEALTHY":
+        return target, target  # Serve runs every target replica
+    ready_pods = cluster.get("readyWorkerReplicas", cluster.get("availableWorkerReplicas", 0)) or 0
+    return target, min(target, int(ready_pods) // pods)
+
+
+def _applied_state(md: Optional[ModelDeployment], applied: Optional[ApplyOutcome]) -> ConditionState:
+    if md is None:
+        return ConditionState(RESOURCES_APPLIED, "False", INVALID_SPEC,
+                              "nothing applied while the spec is invalid; existing children are left as they were")
+    if applied and applied.not_owned:
+        return ConditionState(RESOURCES_APPLIED, "False", NOT_OWNED, "; ".join(applied.not_owned))
+    if applied and applied.error:
+        return ConditionState(RESOURCES_APPLIED, "False", APPLY_FAILED, applied.error)
+    kinds = "RayService, Service and Ingress" if md.spec.ingress else "RayService and Service"
+    return ConditionState(RESOURCES_APPLIED, "True", APPLIED, f"{kinds} match the spec")
+
+
+def compute_status(
+    md: Optional[ModelDeployment],
+    rayservice: Optional[Mapping[str, Any]],
+    generation: Optional[int],
+    *,
+    name: str,
+    namespace: Optional[str],
+    now: datetime,
+    problems: Sequence[str] = (),
+    applied: Optional[ApplyOutcome] = None,
+    previous: Optional[Mapping[str, Any]] = None,
+) -> dict[str, Any]:
+    """The whole status (camelCase dict). `md` is None when the spec is invalid (`problems` say why).
+
+    With an invalid spec the counts, endpoint, placement and selector keep
+    their previous values: they still describe what is deployed.
+    """
+    previous = previous or {}
+    states = [
+        ConditionState(SPEC_VALID, "True", SPEC_ACCEPTED, "the spec passed validation") if md is not None
+        else ConditionState(SPEC_VALID, "False", INVALID_SPEC, "; ".join(problems) or "invalid spec"),
+        _applied_state(md, applied),
+        compute_serve_readiness(rayservice, name),
+    ]
+    blocking = {SPEC_VALID: INVALID_SPEC, RESOURCES_APPLIED: RESOURCES_NOT_APPLIED, SERVE_READY: SERVE_NOT_READY}
+    first_false = next((s for s in states if s.status != "True"), None)
+    if first_false is None:
+        port = md.spec.serving.port if md is not None else None
+        ready = ConditionState(READY, "True", SERVING, f"serving at {naming.build_endpoint(name, namespace, port)}")
+    else:
+        ready = ConditionState(READY, "False", blocking[first_false.type], f"{first_false.type}: {first_false.message}")
+    states.append(ready)
+    old = previous.get("conditions")
+    conditions = [build_condition(s, find_condition(old, s.type), generation, now) for s in states]
+
+    if md is None:
+        kept = {k: previous[k] for k in ("replicas", "readyReplicas", "endpoint", "placement", "selector") if k in previous}
+        status = ModelDeploymentStatus.model_validate({"observedGeneration": generation, "conditions": conditions, **kept})
+    else:
+        replicas, ready_replicas = _replica_counts(md, rayservice, states[2].status == "True")
+        status = ModelDeploymentStatus.model_validate({
+            "observedGeneration": generation,
+            "conditions": conditions,
+            "replicas": replicas,
+            "readyReplicas": ready_replicas,
+            "endpoint": naming.build_endpoint(name, namespace, md.spec.serving.port),
+            "placement": placement_for(md.spec).as_status(),
+            "selector": naming.build_worker_selector(name),
+        })
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def compute_events(previous: Optional[Mapping[str, Any]], new: Mapping[str, Any]) -> list[EventRecord]:
+    """One event per condition whose status flipped (or appeared)."""
+    records = []
+    for type_ in CONDITION_TYPES:
+        now_ = find_condition(new.get("conditions"), type_)
+        before = find_condition((previous or {}).get("conditions"), type_)
+        if now_ is None or (before is not None and before.get("status") == now_.get("status")):
+            continue
+        fell = now_["status"] == "False" and (
+            (before is not None and before.get("status") == "True") or now_["reason"] in FAILURE_REASONS)
+        message = f"{type_} is {now_['status']}: {now_.get('message', '')}".rstrip(": ")
+        records.append(EventRecord("Warning" if fell else "Normal", now_["reason"], message))
+    return records

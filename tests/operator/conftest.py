@@ -1,0 +1,25 @@
+"""Fixtures for the operator suite: an API server on 127.0.0.1 and the real operator (kopf) against it."""
+
+from __future__ import annotations
+
+import aiohttp
+import kmock
+import pytest_asyncio
+
+from cluster_emulator import ClusterEmulator
+from operator_harness import Cluster, operator_settings, start_operator
+
+
+@pytest_asyncio.fixture
+async def cluster():
+    async with ClusterEmulator() as emulator, kmock.Server(emulator) as server:
+        emulator.declare_resources()
+        async with aiohttp.ClientSession() as session:
+            yield Cluster(emulator, str(server.url).rstrip("/"), session)
+
+
+@pytest_asyncio.fixture
+async def operator(cluster: Cluster):
+    running = await start_operator(operator_settings(cluster.url))
+    yield running
+    assert await running.stop() == 0

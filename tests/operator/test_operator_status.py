@@ -1,0 +1,190 @@
+"""compute_status and its parts, as tables: (RayService as KubeRay reports it) -> conditions."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from shardserve.spec import ModelDeploymentStatus
+from shardserve.validation import load_file
+
+from shardserve_operator.status import (
+    ApplyOutcome,
+    compute_events,
+    compute_serve_readiness,
+    compute_status,
+    find_condition,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = load_file(ROOT / "manifests" / "examples" / "tiny-cpu.yaml")
+SPANNING = load_file(Path(__file__).parent / "cases" / "pipeline-across-nodes.yaml")  # 2 pods per replica
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+def rayservice(ready=None, reason=None, app=None, message="", deployment=None, endpoints=0, cluster=None,
+               name="tiny", service_status=None):
+    """A RayService with the status fields KubeRay v1 writes."""
+    status = {}
+    if ready is not None:
+        status["conditions"] = [{"type": "Ready", "status": ready, "reason": reason or "", "message": message,
+                                 "lastTransitionTime": "2026-01-01T00:00:00Z"}]
+    if service_status is not None:
+        status["serviceStatus"] = service_status
+    active = {}
+    if app is not None:
+        active["applicationStatuses"] = {name: {"status": app, "message": message}}
+        if deployment is not None:
+            active["applicationStatuses"][name]["serveDeploymentStatuses"] = {"llm": {"status": deployment}}
+    if cluster is not None:
+        active["rayClusterStatus"] = cluster
+        active["rayClusterName"] = f"{name}-abcde"
+    if active:
+        status["activeServiceStatus"] = active
+    if endpoints:
+        status["numServeEndpoints"] = endpoints
+    return {"metadata": {"name": name}, "status": status}
+
+
+@pytest.mark.parametrize("observed, status, reason", [
+    (None, "False", "WaitingForRayService"),
+    ({"metadata": {"name": "tiny"}}, "False", "WaitingForRayService"),
+    (rayservice(ready="False", reason="Initializing"), "False", "Initializing"),
+    (rayservice(ready="False", reason="InitializingTimeout"), "False", "InitializingTimeout"),
+    (rayservice(ready="False", reason="ZeroServeEndpoints", app="RUNNING"), "False", "ZeroServeEndpoints"),
+    (rayservice(ready="False", reason="SomethingNew"), "False", "Initializing"),  # unknown reasons are not copied
+    (rayservice(ready="False", reason="Initializing", app="DEPLOYING"), "False", "ApplicationDeploying"),
+    (rayservice(ready="False", app="DEPLOY_FAILED", message="SpecError: spec.x"), "False", "ApplicationDeployFailed"),
+    (rayservice(ready="True", app="UNHEALTHY"), "False", "ApplicationUnhealthy"),
+    (rayservice(ready="True", reason="NonZeroServeEndpoints", app="RUNNING", endpoints=2), "True", "ServeRunning"),
+    (rayservice(ready="True", app="DEPLOYING", endpoints=1), "True", "ServeRunning"),  # an in-place update rolls out
+    (rayservice(ready="True", app="RUNNING", name="other"), "False", "ApplicationMissing"),
+    (rayservice(service_status="Running"), "True", "ServeRunning"),  # KubeRay before conditions
+])
+def test_serve_readiness_reads_kuberays_status(observed, status, reason):
+    state = compute_serve_readiness(observed, "tiny")
+    assert (state.status, state.reason) == (status, reason)
+    assert state.reason[0].isupper() and state.reason.isalnum()
+
+
+def test_deploy_failure_message_comes_from_serve():
+    state = compute_serve_readiness(rayservice(ready="False", app="DEPLOY_FAILED", message="boom: spec.x"), "tiny")
+    assert state.message == "boom: spec.x"
+
+
+def conditions_of(status):
+    return {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+
+
+@pytest.mark.parametrize("md, problems, applied, observed, expect", [
+    (TINY, (), ApplyOutcome(), None,
+     {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("True", "Applied"),
+      "ServeReady": ("False", "WaitingForRayService"), "Ready": ("False", "ServeNotReady")}),
+    (TINY, (), ApplyOutcome(), rayservice(ready="True", app="RUNNING", deployment="HEALTHY", endpoints=1),
+     {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("True", "Applied"),
+      "ServeReady": ("True", "ServeRunning"), "Ready": ("True", "Serving")}),
+    (None, ("spec.parallelism.tensor: must be >= 1",), None, None,
+     {"SpecValid": ("False", "InvalidSpec"), "ResourcesApplied": ("False", "InvalidSpec"),
+      "ServeReady": ("False", "WaitingForRayService"), "Ready": ("False", "InvalidSpec")}),
+    (None, ("spec.model.source: bad",), None, rayservice(ready="True", app="RUNNING", endpoints=1),
+     {"SpecValid": ("False", "InvalidSpec"), "ResourcesApplied": ("False", "InvalidSpec"),
+      "ServeReady": ("True", "ServeRunning"), "Ready": ("False", "InvalidSpec")}),  # old version still serves
+    (TINY, (), ApplyOutcome(not_owned=("Service default/tiny exists and is controlled by no controller",)),
+     rayservice(ready="True", app="RUNNING"),
+     {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("False", "NotOwned"),
+      "ServeReady": ("True", "ServeRunning"), "Ready": ("False", "ResourcesNotApplied")}),
+    (TINY, (), ApplyOutcome(error="HTTP 500"), None,
+     {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("False", "ApplyFailed"),
+      "ServeReady": ("False", "WaitingForRayService"), "Ready": ("False", "ResourcesNotApplied")}),
+])
+def test_conditions_table(md, problems, applied, observed, expect):
+    status = compute_status(md, observed, 7, name="tiny", namespace="default", now=T0,
+                            problems=problems, applied=applied)
+    assert conditions_of(status) == expect
+    assert [c["type"] for c in status["conditions"]] == ["SpecValid", "ResourcesApplied", "ServeReady", "Ready"]
+    for condition in status["conditions"]:
+        assert condition["observedGeneration"] == 7
+        assert condition["lastTransitionTime"] == "2026-01-01T12:00:00Z"
+    assert status["observedGeneration"] == 7
+    ModelDeploymentStatus.model_validate(status)  # the shape the CRD will be generated from
+
+
+def test_invalid_spec_names_field_and_rule_and_keeps_what_is_deployed():
+    previous = compute_status(TINY, rayservice(ready="True", app="RUNNING", deployment="HEALTHY"), 1,
+                              name="tiny", namespace="default", now=T0)
+    problems = ("spec.parallelism.tensor: 3 does not divide the model's 4 attention heads",)
+    status = compute_status(None, None, 2, name="tiny", namespace="default", now=T0, problems=problems,
+                            previous=previous)
+    assert find_condition(status["conditions"], "SpecValid")["message"] == problems[0]
+    for key in ("replicas", "readyReplicas", "endpoint", "placement", "selector"):
+        assert status[key] == previous[key]
+    assert status["observedGeneration"] == 2
+
+
+def test_status_fields_for_a_valid_spec():
+    status = compute_status(TINY, None, 1, name="tiny", namespace="team-a", now=T0)
+    assert status["endpoint"] == "http://tiny.team-a.svc:8000/v1"
+    assert status["selector"] == "shardserve.dev/model-deployment=tiny,ray.io/node-type=worker"
+    assert status["placement"] == {"acceleratorsPerReplica": 1, "podsPerReplica": 1, "acceleratorsPerPod": 1,
+                                   "backend": "mp", "strategy": "STRICT_PACK"}
+    assert (status["replicas"], status["readyReplicas"]) == (1, 0)
+
+
+@pytest.mark.parametrize("observed, replicas, ready", [
+    (None, 1, 0),  # autoscaling floor 0 still starts one replica
+    (rayservice(ready="True", app="RUNNING", name="llama-405b",
+                cluster={"desiredWorkerReplicas": 4, "readyWorkerReplicas": 2}), 2, 1),
+    (rayservice(ready="True", app="RUNNING", deployment="HEALTHY", name="llama-405b",
+                cluster={"desiredWorkerReplicas": 4, "readyWorkerReplicas": 3}), 2, 2),
+    (rayservice(ready="True", app="RUNNING", name="llama-405b",
+                cluster={"desiredWorkerReplicas": 40, "readyWorkerReplicas": 40}), 2, 2),  # clamped to max
+    (rayservice(ready="False", reason="Initializing", name="llama-405b",
+                cluster={"desiredWorkerReplicas": 2, "readyWorkerReplicas": 2}), 1, 0),
+])
+def test_replica_counts_divide_pods_by_pods_per_replica(observed, replicas, ready):
+    status = compute_status(SPANNING, observed, 1, name="llama-405b", namespace="llm", now=T0)
+    assert (status["replicas"], status["readyReplicas"]) == (replicas, ready)
+    assert status["placement"]["podsPerReplica"] == 2
+
+
+def test_last_transition_time_moves_only_when_status_flips():
+    first = compute_status(TINY, None, 1, name="tiny", namespace="default", now=T0)
+    # Same statuses, new reason/message/generation: times stay.
+    later = T0 + timedelta(minutes=5)
+    second = compute_status(TINY, rayservice(ready="False", reason="Initializing"), 2, name="tiny",
+                            namespace="default", now=later, previous=first)
+    assert find_condition(second["conditions"], "ServeReady")["reason"] == "Initializing"
+    for c in second["conditions"]:
+        assert c["lastTransitionTime"] == "2026-01-01T12:00:00Z", c["type"]
+        assert c["observedGeneration"] == 2
+    # ServeReady and Ready flip: only they move.
+    flipped_at = T0 + timedelta(minutes=9)
+    third = compute_status(TINY, rayservice(ready="True", app="RUNNING"), 2, name="tiny", namespace="default",
+                           now=flipped_at, previous=second)
+    times = {c["type"]: c["lastTransitionTime"] for c in third["conditions"]}
+    assert times == {"SpecValid": "2026-01-01T12:00:00Z", "ResourcesApplied": "2026-01-01T12:00:00Z",
+                     "ServeReady": "2026-01-01T12:09:00Z", "Ready": "2026-01-01T12:09:00Z"}
+    # Recomputing the same inputs gives the same status: nothing to write.
+    again = compute_status(TINY, rayservice(ready="True", app="RUNNING"), 2, name="tiny", namespace="default",
+                           now=flipped_at + timedelta(hours=1), previous=third)
+    assert again == third
+
+
+def test_events_only_on_transitions():
+    first = compute_status(TINY, None, 1, name="tiny", namespace="default", now=T0)
+    events = compute_events(None, first)
+    assert [(e.type, e.reason) for e in events] == [
+        ("Normal", "SpecAccepted"), ("Normal", "Applied"), ("Normal", "WaitingForRayService"),
+        ("Normal", "ServeNotReady")]
+    assert compute_events(first, first) == []
+    ready = compute_status(TINY, rayservice(ready="True", app="RUNNING"), 1, name="tiny", namespace="default",
+                           now=T0, previous=first)
+    assert [(e.type, e.reason) for e in compute_events(first, ready)] == [
+        ("Normal", "ServeRunning"), ("Normal", "Serving")]
+    broken = compute_status(TINY, rayservice(ready="True", app="UNHEALTHY", message="replica died"), 1,
+                            name="tiny", namespace="default", now=T0, previous=ready)
+    events = compute_events(ready, broken)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "ApplicationUnhealthy"), ("Warning", "ServeNotReady")]
+    assert "replica died" in events[0].message

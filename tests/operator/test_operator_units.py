@@ -1,0 +1,192 @@
+"""Pure parts of the operator: settings, backoff, error classes, the Lease claim, replace bodies, health."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+
+from shardserve_operator import naming
+from shardserve_operator.apply import build_replacement, build_status_patch
+from shardserve_operator.health import Health, Phase
+from shardserve_operator.kube import INGRESS, LEASE, MODEL_DEPLOYMENT, SERVICE, kind_of, retry_after_seconds
+from shardserve_operator.leader import compute_lease_claim, format_microtime, parse_microtime
+from shardserve_operator.reconcile import compute_retry_delay, is_retriable
+from shardserve_operator.settings import OperatorSettings, add_arguments, from_args
+
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+
+
+# ---------------------------------------------------------------- settings
+
+@pytest.mark.parametrize("value, namespaces, clusterwide", [
+    (None, (), True),
+    ("", (), True),
+    ("*", (), True),
+    ("team-a", ("team-a",), False),
+    ("team-a, team-b,", ("team-a", "team-b"), False),
+    ("team-*", ("team-*",), False),
+])
+def test_namespaces_setting(value, namespaces, clusterwide):
+    env = {} if value is None else {"SHARDSERVE_NAMESPACES": value}
+    settings = OperatorSettings.from_env(env)
+    assert settings.namespaces == namespaces
+    assert settings.clusterwide is clusterwide
+
+
+def test_settings_from_env_and_flags():
+    env = {"SHARDSERVE_DEFAULT_IMAGE": "img:1", "SHARDSERVE_HEALTH_PORT": "9000", "POD_NAME": "op-0",
+           "POD_NAMESPACE": "shardserve-system", "SHARDSERVE_LEADER_ELECTION": "false",
+           "SHARDSERVE_RETRY_MAX_SECONDS": "5"}
+    settings = OperatorSettings.from_env(env)
+    assert settings.default_image == "img:1" and settings.render_options().default_image == "img:1"
+    assert settings.health_port == 9000 and settings.retry_max_seconds == 5.0
+    lease = settings.leader_election
+    assert (lease.enabled, lease.identity, lease.lease_namespace) == (False, "op-0", "shardserve-system")
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    flags = from_args(parser.parse_args(["-n", "a", "-n", "b", "--default-image", "img:2", "--no-leader-election"]),
+                      {"SHARDSERVE_NAMESPACES": "c"})
+    assert flags.namespaces == ("a", "b") and flags.default_image == "img:2"
+    assert flags.leader_election.enabled is False
+    everything = from_args(parser.parse_args(["-A"]), {"SHARDSERVE_NAMESPACES": "c"})
+    assert everything.clusterwide
+    with pytest.raises(ValueError):
+        OperatorSettings.from_env({"SHARDSERVE_LEADER_ELECTION": "maybe"})
+
+
+# ---------------------------------------------------------------- retries
+
+@pytest.mark.parametrize("attempt, retry_after, jitter, expected", [
+    (0, None, 0.0, 0.5),
+    (1, None, 0.0, 1.0),
+    (3, None, 0.0, 4.0),
+    (10, None, 0.0, 60.0),  # capped
+    (0, 7.0, 0.0, 7.0),  # Retry-After wins when longer
+    (5, 2.0, 0.0, 16.0),  # ... and never shortens the backoff
+    (1, None, 0.2, 1.2),
+])
+def test_retry_delay(attempt, retry_after, jitter, expected):
+    assert compute_retry_delay(attempt, base=0.5, cap=60, retry_after=retry_after, jitter=jitter) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("status, retriable", [
+    (409, True), (429, True), (500, True), (503, True), (404, True), (403, True), (0, True),
+    (400, False), (422, False), (401, False),
+])
+def test_which_api_errors_are_retried(status, retriable):
+    assert is_retriable(ApiException(status=status)) is retriable
+
+
+def test_transport_errors_are_retried_and_bugs_are_not():
+    assert is_retriable(ConnectionRefusedError())
+    assert not is_retriable(KeyError("x"))
+
+
+def test_retry_after_header():
+    err = ApiException(status=429)
+    err.headers = {"Retry-After": "3"}
+    assert retry_after_seconds(err) == 3.0
+    err.headers = {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}  # date form: not honoured, backoff applies
+    assert retry_after_seconds(err) is None
+
+
+# ---------------------------------------------------------------- leader election
+
+def lease(holder, renewed, duration=15, transitions=0, acquired=None):
+    return {"holderIdentity": holder, "leaseDurationSeconds": duration, "renewTime": format_microtime(renewed),
+            "acquireTime": format_microtime(acquired or renewed), "leaseTransitions": transitions}
+
+
+@pytest.mark.parametrize("spec, identity, now, takes, transitions", [
+    (None, "a", T0, True, 0),  # no lease yet
+    (lease("b", T0), "a", T0 + timedelta(seconds=10), False, None),  # b's lease is valid
+    (lease("b", T0), "a", T0 + timedelta(seconds=16), True, 1),  # b stopped renewing: take over
+    (lease("a", T0, transitions=2), "a", T0 + timedelta(seconds=5), True, 2),  # renew own
+    (lease("a", T0), "a", T0 + timedelta(seconds=60), True, 0),  # own, even if expired
+    ({"holderIdentity": None, "leaseDurationSeconds": 1, "renewTime": format_microtime(T0)}, "a", T0, True, 0),  # released
+])
+def test_lease_claim(spec, identity, now, takes, transitions):
+    claim = compute_lease_claim(spec, identity, now, 15)
+    assert (claim is not None) is takes
+    if claim:
+        assert claim["holderIdentity"] == identity
+        assert parse_microtime(claim["renewTime"]) == now
+        assert claim["leaseTransitions"] == transitions
+
+
+def test_renewal_keeps_acquire_time():
+    claim = compute_lease_claim(lease("a", T0, acquired=T0 - timedelta(hours=1)), "a", T0 + timedelta(seconds=2), 15)
+    assert parse_microtime(claim["acquireTime"]) == T0 - timedelta(hours=1)
+
+
+# ---------------------------------------------------------------- apply bodies
+
+def test_replacement_keeps_what_others_set_and_the_resource_version():
+    existing = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "tiny", "namespace": "default", "resourceVersion": "41", "uid": "u",
+                     "labels": {"team": "x", naming.LABEL_MANAGED_BY: naming.MANAGER},
+                     "annotations": {"note": "keep", naming.ANNOTATION_RENDERED_HASH: "old"},
+                     "ownerReferences": [{"uid": "other", "kind": "Thing", "name": "t"},
+                                         {"uid": "md", "kind": "ModelDeployment", "controller": True, "name": "tiny"}],
+                     "managedFields": [{"manager": "x"}]},
+        "spec": {"clusterIP": "10.0.0.7", "clusterIPs": ["10.0.0.7"], "ports": [{"port": 1}], "stale": True},
+        "status": {"loadBalancer": {}},
+    }
+    desired = {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "tiny", "labels": {naming.LABEL_MANAGED_BY: naming.MANAGER},
+                     "annotations": {naming.ANNOTATION_RENDERED_HASH: "new"},
+                     "ownerReferences": [{"uid": "md", "kind": "ModelDeployment", "controller": True, "name": "tiny"}]},
+        "spec": {"ports": [{"port": 8000}], "selector": {"a": "b"}},
+    }
+    body = build_replacement(existing, desired)
+    meta = body["metadata"]
+    assert meta["resourceVersion"] == "41" and "managedFields" not in meta
+    assert meta["labels"]["team"] == "x" and meta["annotations"]["note"] == "keep"
+    assert meta["annotations"][naming.ANNOTATION_RENDERED_HASH] == "new"
+    assert [r["uid"] for r in meta["ownerReferences"]] == ["other", "md"]
+    assert body["spec"] == {"ports": [{"port": 8000}], "selector": {"a": "b"},
+                            "clusterIP": "10.0.0.7", "clusterIPs": ["10.0.0.7"]}  # stale key gone, allocation kept
+
+
+def test_status_patch_removes_fields_that_are_gone():
+    assert build_status_patch({"a": 1, "b": 2}, {"a": 3}) == {"status": {"b": None, "a": 3}}
+
+
+# ---------------------------------------------------------------- naming, kinds, health
+
+def test_owner_lookup():
+    child = {"metadata": {"ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "1"},
+        naming.build_owner_reference("tiny", "u-1")]}}
+    assert naming.find_owner_name(child) == "tiny"
+    assert naming.is_controlled_by(child, "u-1") and not naming.is_controlled_by(child, "u-2")
+    assert naming.find_owner_name({"metadata": {}}) is None
+
+
+def test_kind_paths():
+    assert SERVICE.path("ns", "x") == "/api/v1/namespaces/ns/services/x"
+    assert INGRESS.path("ns") == "/apis/networking.k8s.io/v1/namespaces/ns/ingresses"
+    assert MODEL_DEPLOYMENT.path("ns", "x", "status") == "/apis/shardserve.dev/v1alpha1/namespaces/ns/modeldeployments/x/status"
+    assert LEASE.group == "coordination.k8s.io"
+    assert kind_of({"apiVersion": "v1", "kind": "Service"}) is SERVICE
+
+
+@pytest.mark.parametrize("phase, kopf_ready, failed, live, ready", [
+    (Phase.STARTING, False, None, 200, 503),
+    (Phase.STANDBY, False, None, 200, 200),
+    (Phase.LEADING, False, None, 200, 503),
+    (Phase.LEADING, True, None, 200, 200),
+    (Phase.LEADING, True, "boom", 500, 503),
+    (Phase.STOPPING, True, None, 200, 503),
+])
+def test_health_answers(phase, kopf_ready, failed, live, ready):
+    health = Health()
+    health.phase, health.kopf_ready, health.kopf_failed = phase, kopf_ready, failed
+    assert health.compute_liveness()[0] == live
+    assert health.compute_readiness()[0] == ready
