@@ -166,8 +166,10 @@ def _shutdown(out: TextIO) -> None:
 
     if not ray.is_initialized():
         return
+    started = time.monotonic()
     try:
         serve.shutdown()
+        serve_s = time.monotonic() - started
     finally:
         ray.shutdown()
-    print("shardserve: stopped", file=out, flush=True)
+    print(f"shardserve: stopped (serve {serve_s:.1f}s, total {time.monotonic() - started:.1f}s)", file=out, flush=True)

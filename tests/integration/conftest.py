@@ -1,0 +1,35 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.integration.stack import LocalStack
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "manifests" / "examples" / "tiny-cpu.yaml"
+
+
+def write_spec(tmp_dir: Path, name: str, **spec_changes) -> Path:
+    doc = yaml.safe_load(TINY.read_text())
+    doc["metadata"]["name"] = name
+    for key, value in spec_changes.items():
+        doc["spec"][key] = value
+    path = tmp_dir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def run_stack(spec_file: Path, log_dir: Path):
+    """Starts a stack; yields it; on teardown checks it stopped cleanly."""
+    stack = LocalStack(spec_file, log_dir / f"{spec_file.stem}.log").start()
+    yield stack
+    status = stack.stop()
+    assert status == 0, stack.log()[-3000:]
+    assert stack.leftovers == [], f"processes left behind: {stack.leftovers}"
+    assert "stopped" in stack.log()
+
+
+@pytest.fixture(scope="module")
+def tiny_stack(tmp_path_factory):
+    """The README's example file itself, served by `shardserve run`."""
+    yield from run_stack(TINY, tmp_path_factory.mktemp("tiny"))

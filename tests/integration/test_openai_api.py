@@ -1,0 +1,104 @@
+"""The tiny model served by `shardserve run` (real Ray, real vLLM on CPU),
+driven with the official openai client."""
+
+import httpx
+import openai
+import pytest
+
+pytestmark = pytest.mark.integration
+
+MODEL = "tiny"
+
+
+@pytest.fixture(scope="module")
+def client(tiny_stack):
+    return openai.OpenAI(base_url=f"{tiny_stack.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def test_ready_message_names_the_endpoint(tiny_stack):
+    assert f"OpenAI endpoint http://127.0.0.1:{tiny_stack.port}/v1" in tiny_stack.log()
+
+
+def test_model_list(client):
+    models = client.models.list()
+    assert [m.id for m in models.data] == [MODEL]
+
+
+def test_chat_completion(client):
+    reply = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Say hello"}], max_tokens=8, temperature=0
+    )
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage.completion_tokens == 8
+    assert reply.usage.prompt_tokens > 0
+    assert isinstance(reply.choices[0].message.content, str) and reply.choices[0].message.content
+
+
+def test_completion_is_greedy_deterministic(client):
+    first = client.completions.create(model=MODEL, prompt="The river", max_tokens=12, temperature=0)
+    second = client.completions.create(model=MODEL, prompt="The river", max_tokens=12, temperature=0)
+    assert first.choices[0].text == second.choices[0].text
+    assert first.usage.completion_tokens == 12
+
+
+def test_streaming_chat_with_usage(client):
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Count"}], max_tokens=10, temperature=0,
+        stream=True, stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    content_chunks = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(content_chunks) >= 2, "tokens arrive as separate chunks"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 10
+    assert any(c.choices and c.choices[0].finish_reason == "length" for c in chunks)
+
+
+def test_streaming_completion_matches_non_streaming(client):
+    whole = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=10, temperature=0)
+    pieces = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=10, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in pieces if c.choices) == whole.choices[0].text
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.completions.create(model="no-such-model", prompt="hi", max_tokens=4)
+    assert caught.value.body["code"] == "model_not_found"
+
+
+def test_prompt_plus_max_tokens_beyond_context_is_400(client):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=1000)
+    error = caught.value.body
+    assert "256" in error["message"] and error["param"] == "max_tokens"
+    assert "Internal exception" not in error["message"] and "Request ID" not in error["message"]
+
+
+def test_prompt_longer_than_context_is_400(client):
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model=MODEL, prompt="word " * 400, max_tokens=4)
+
+
+@pytest.mark.parametrize(
+    "content_type, body, status, fragment",
+    [
+        ("application/json", b'{"model": "tiny", "prompt": ', 400, "not valid JSON"),
+        ("application/json", b'{"model": "tiny", "prompt": "hi", "max_tokens": "many"}', 400, "max_tokens"),
+        ("application/json", b'{"model": "tiny", "messages": "not a list"}', 400, "messages"),
+        ("text/plain", b"hello", 415, "application/json"),
+        ("application/json", b'{"model": "tiny", "prompt": "\\ud800", "max_tokens": 2}', 400, "surrogate"),
+    ],
+)
+def test_malformed_requests_get_openai_errors(tiny_stack, content_type, body, status, fragment):
+    path = "/v1/chat/completions" if b"messages" in body else "/v1/completions"
+    response = httpx.post(f"{tiny_stack.base_url}{path}", content=body, headers={"content-type": content_type}, timeout=30)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert fragment in error["message"]
+    assert "Traceback" not in response.text
+
+
+def test_server_stays_healthy_after_errors(tiny_stack, client):
+    assert httpx.get(f"{tiny_stack.base_url}/health", timeout=10).json()["status"] == "ok"
+    reply = client.completions.create(model=MODEL, prompt="still here", max_tokens=4, temperature=0)
+    assert reply.usage.completion_tokens == 4

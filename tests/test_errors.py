@@ -1,0 +1,60 @@
+"""OpenAI-shaped errors and request body checks."""
+
+import pytest
+
+from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
+from shardserve.request_checks import find_invalid_unicode
+
+
+def test_error_shape():
+    assert openai_error(404, "no such model", code="model_not_found") == {
+        "error": {"message": "no such model", "type": "not_found_error", "param": None, "code": "model_not_found"}
+    }
+
+
+def test_server_errors_hide_details():
+    body = openai_error(500, "KeyError: 'x' at replica.py:12")
+    assert body["error"]["type"] == "server_error"
+    assert "KeyError" not in body["error"]["message"]
+
+
+def test_wrapped_engine_message_is_cleaned():
+    raw = (
+        "Message: max_tokens=800 cannot be greater than max_model_len=max_total_tokens=256. Please request fewer "
+        "output tokens. (parameter=max_tokens, value=800) (Request ID: 0fba), Internal exception: "
+        "ray.llm._internal.serve.core.configs.openai_api_models.OpenAIHTTPException (Request ID: 0fba), original exception: "
+    )
+    message, param = clean_engine_message(raw)
+    assert message == "max_tokens=800 cannot be greater than max_model_len=max_total_tokens=256. Please request fewer output tokens."
+    assert param == "max_tokens"
+
+
+def test_validation_errors_name_the_field_once():
+    errors = [
+        {"type": "string_type", "loc": ("body", "messages", 0, "ChatCompletionUserMessageParam", "content", "str"), "msg": "Input should be a valid string"},
+        {"type": "list_type", "loc": ("body", "messages", 0, "ChatCompletionUserMessageParam", "content", "list[...]"), "msg": "Input should be a valid list"},
+        {"type": "int_parsing", "loc": ("body", "max_tokens"), "msg": "Input should be a valid integer"},
+    ]
+    message, param = describe_validation_errors(errors)
+    assert message == "messages[0].content: Input should be a valid string; max_tokens: Input should be a valid integer"
+    assert param == "messages[0].content"
+
+
+def test_invalid_json_message():
+    assert describe_validation_errors([{"type": "json_invalid", "loc": ("body", 3), "msg": "JSON decode error"}]) == (
+        "request body is not valid JSON", None)
+
+
+@pytest.mark.parametrize(
+    "body, bad",
+    [
+        (b'{"prompt": "\\ud800"}', True),
+        (b'{"prompt": "x\\uDFFFy"}', True),
+        (b'{"prompt": "\\ud83d\\ude00"}', False),  # a whole pair: an emoji
+        ('{"prompt": "caf\u00e9 \U0001F600"}'.encode(), False),
+        (b'{"prompt": "plain"}', False),
+        (b'not json \\ud800', False),  # the JSON parser reports this one
+    ],
+)
+def test_lone_surrogates(body, bad):
+    assert (find_invalid_unicode(body) is not None) == bad
