@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from typing import Optional, Sequence
 
 import kopf
@@ -69,8 +70,24 @@ class Operator:
     def request_stop(self) -> None:
         self._stop.set()
 
+    def _take_signals(self) -> None:
+        """SIGINT/SIGTERM -> request_stop, so shutdown always releases the Lease.
+
+        kopf installs its own handlers when it starts (main thread only);
+        taking them back lets kopf's stop flag, not a signal, stop kopf.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(signum, self.request_stop)
+            except (NotImplementedError, RuntimeError):
+                pass
+
     async def run(self) -> int:
         """Runs until asked to stop (0) or until leadership or kopf is lost (1)."""
+        self._take_signals()
         await self.health_server.start()
         api_client = build_api_client(self.settings.api_server)
         self.kube = Kube(api_client)
@@ -109,6 +126,7 @@ class Operator:
 
         async def mark_ready() -> None:
             await kopf_ready.wait()
+            self._take_signals()
             self.health.kopf_ready = True
 
         stop = asyncio.create_task(self._stop.wait())
@@ -126,6 +144,9 @@ class Operator:
                 log.error("kopf stopped: %r", error)
                 code = 1
         self.health.phase = Phase.STOPPING
+        # Close health connections first: kopf waits for every task started
+        # after it (their handlers included) before it returns.
+        await self.health_server.stop()
         kopf_stop.set()
         for task in (stop, ready, hold):
             if task is not None:
@@ -160,12 +181,6 @@ def run(settings: OperatorSettings) -> int:
 
     async def _main() -> int:
         operator = Operator(settings)
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(signum, operator.request_stop)
-            except (NotImplementedError, RuntimeError):
-                pass
         scope = "all namespaces" if settings.clusterwide else ", ".join(settings.namespaces)
         log.info("shardserve operator starting; watching %s", scope)
         return await operator.run()

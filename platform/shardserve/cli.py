@@ -62,6 +62,25 @@ def _cmd_engine_args(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_render(args: argparse.Namespace) -> int:
+    """Prints what the operator would create for the file, with the operator's settings."""
+    import os
+
+    from shardserve_operator.render import render_children, render_yaml
+    from shardserve_operator.settings import OperatorSettings
+
+    md = _load_or_exit(args.file)
+    settings = OperatorSettings.from_env(os.environ)
+    sys.stdout.write(render_yaml(render_children(md, settings.render_options())))
+    return 0
+
+
+def _cmd_operator(args: argparse.Namespace) -> int:
+    from shardserve_operator.main import run_from_args
+
+    return run_from_args(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shardserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = model_sub.add_parser("build-tiny", help="build the builtin tiny model into DIR")
     tiny.add_argument("dir")
     tiny.set_defaults(func=_cmd_model)
+
+    render = sub.add_parser("render", help="print, as YAML, every object the operator would create for a file")
+    render.add_argument("file")
+    render.set_defaults(func=_cmd_render)
+
+    from shardserve_operator.settings import add_arguments as add_operator_arguments
+
+    operator = sub.add_parser("operator", help="run the Kubernetes operator (reconciles ModelDeployments)")
+    add_operator_arguments(operator)
+    operator.set_defaults(func=_cmd_operator)
 
     engine_args = sub.add_parser("engine-args", help="check or regenerate the vLLM engine argument catalog")
     engine_args.add_argument("--write", action="store_true")
