@@ -44,6 +44,7 @@ class Controller:
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._seen: dict[tuple[str, str, Kind], str] = {}
         self._not_before: dict[tuple[str, str], float] = {}
+        self._reconciled: set[tuple[str, str]] = set()
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
@@ -69,6 +70,7 @@ class Controller:
         if wait > 0:
             await asyncio.sleep(wait)
         self.reconciles += 1
+        self._reconciled.add(key)
         try:
             result = await asyncio.to_thread(reconcile, self.kube, copy.deepcopy(dict(body)), self.settings,
                                              attempt=attempt)
@@ -112,14 +114,21 @@ class Controller:
         log.warning("gave up reconciling %s/%s after %d attempts", namespace, owner, CHILD_EVENT_ATTEMPTS)
 
     def is_news(self, kind: Kind, child: Mapping[str, Any], event_type: Optional[str]) -> bool:
-        """False for events that show exactly what the last reconcile left behind."""
+        """False for events that show exactly what the last reconcile left behind.
+
+        Also False before the owner's first reconcile in this process: kopf
+        runs the owner's own create/resume handler anyway (at start-up the
+        children's listings arrive alongside the owners').
+        """
         owner = naming.find_owner_name(child)
         if owner is None:
             return False
+        namespace = child["metadata"]["namespace"]
+        if (namespace, owner) not in self._reconciled:
+            return False
         if event_type == "DELETED":
             return True
-        key = (child["metadata"]["namespace"], owner, kind)
-        return self._seen.get(key) != fingerprint_of(child)
+        return self._seen.get((namespace, owner, kind)) != fingerprint_of(child)
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:

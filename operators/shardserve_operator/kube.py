@@ -66,6 +66,14 @@ def kind_of(obj: Mapping[str, Any]) -> Kind:
     raise ValueError(f"unknown kind {obj.get('apiVersion')}/{obj.get('kind')}")
 
 
+def _plural_of(path: str) -> str:
+    """'/api/v1/namespaces/ns/services/x/status' -> 'services'."""
+    parts = path.strip("/").split("/")
+    if "namespaces" in parts[:-2]:
+        return parts[parts.index("namespaces") + 2]
+    return parts[-1] if parts else ""
+
+
 def retry_after_seconds(error: ApiException) -> Optional[float]:
     """The server's Retry-After (seconds form), if it sent one."""
     headers = error.headers or {}
@@ -115,7 +123,7 @@ class Kube:
             header_params=headers, body=body, auth_settings=["BearerToken"],
         )
         with self._lock:
-            self.calls[(method, path.rsplit("/namespaces/", 1)[-1].split("/")[1])] += 1
+            self.calls[(method, _plural_of(path))] += 1
         response = self.api_client.call_api(method_, url, headers, body_, post, _request_timeout=REQUEST_TIMEOUT)
         response.read()
         if not 200 <= response.status <= 299:

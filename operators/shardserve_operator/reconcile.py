@@ -12,9 +12,10 @@ import hashlib
 import json
 import logging
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 import kopf
 import urllib3.exceptions
@@ -73,6 +74,19 @@ def retry_later(err: BaseException, attempt: int, settings: OperatorSettings) ->
     return kopf.TemporaryError(f"{describe_error(err)}; retrying in {delay:.2f}s", delay=delay)
 
 
+@contextmanager
+def retried(attempt: int, settings: OperatorSettings) -> Iterator[None]:
+    """Turns a retriable API or transport error into kopf.TemporaryError with the backoff delay."""
+    try:
+        yield
+    except kopf.TemporaryError:
+        raise
+    except Exception as err:
+        if is_retriable(err):
+            raise retry_later(err, attempt, settings) from err
+        raise
+
+
 def compute_fingerprint(content_hash: Optional[str], status: Any) -> str:
     """What an event about a child must differ in to be worth a reconcile."""
     raw = json.dumps([content_hash, status], sort_keys=True, default=str)
@@ -116,29 +130,20 @@ def reconcile(
     previous = dict(body.get("status") or {})
     common = dict(name=name, namespace=namespace, now=now, previous=previous)
 
-    try:
+    with retried(attempt, settings):
         observed: Observed = observe_children(kube, namespace, name)
-    except Exception as err:
-        if is_retriable(err):
-            raise retry_later(err, attempt, settings) from err
-        raise
-
     ours = observed.rayservice if observed.rayservice and is_controlled_by(observed.rayservice, uid) else None
+
     try:
         md = parse_deployment(_document(body), source=f"{namespace}/{name}")
     except SpecError as err:
         status = compute_status(None, ours, generation, problems=err.problems, **common)
-        try:
+        with retried(attempt, settings):
             _write_status(kube, body, previous, status, now)
-        except Exception as write_err:
-            if is_retriable(write_err):
-                raise retry_later(write_err, attempt, settings) from write_err
-            raise
         # Not retried: only a new spec (a new generation) can fix it.
         raise kopf.PermanentError("invalid spec: " + "; ".join(err.problems)) from None
 
-    desired = render_children(md, settings.render_options(), owner_uid=uid,
-                              active_cluster=find_active_cluster(observed.rayservice))
+    desired = render_children(md, settings.render_options(), owner_uid=uid, active_cluster=find_active_cluster(ours))
     try:
         report = apply_children(kube, namespace, name, uid, desired, observed)
     except Exception as err:
@@ -156,12 +161,8 @@ def reconcile(
     # Status describes the children as they are now, after this apply.
     status = compute_status(md, report.current.get(RAYSERVICE), generation,
                             applied=ApplyOutcome(not_owned=tuple(report.not_owned)), **common)
-    try:
+    with retried(attempt, settings):
         written = _write_status(kube, body, previous, status, now)
-    except Exception as err:
-        if is_retriable(err):
-            raise retry_later(err, attempt, settings) from err
-        raise
     result = ReconcileResult(
         status_written=written,
         report=report,

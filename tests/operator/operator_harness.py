@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, Union
 
 import aiohttp
-import kmock
 import pytest
 import yaml
 
