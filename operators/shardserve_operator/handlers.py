@@ -113,6 +113,17 @@ class Controller:
             await asyncio.sleep(delay)
         log.warning("gave up reconciling %s/%s after %d attempts", namespace, owner, CHILD_EVENT_ATTEMPTS)
 
+    def forget(self, namespace: str, name: str) -> None:
+        """Drops what is remembered about a deleted ModelDeployment."""
+        key = (namespace, name)
+        self._reconciled.discard(key)
+        self._not_before.pop(key, None)
+        for kind in CHILD_KINDS:
+            self._seen.pop((namespace, name, kind), None)
+        lock = self._locks.get(key)
+        if lock is not None and not lock.locked():
+            del self._locks[key]
+
     def is_news(self, kind: Kind, child: Mapping[str, Any], event_type: Optional[str]) -> bool:
         """False for events that show exactly what the last reconcile left behind.
 
@@ -139,6 +150,13 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     @kopf.on.update(**md, registry=registry, id="reconcile")
     async def model_deployment_changed(body: kopf.Body, retry: int, **_: Any) -> None:
         await controller.reconcile_body(body, attempt=retry)
+
+    # Deletion needs no handler (owner references let the garbage collector
+    # remove the children) and so no finalizer; only the memory is dropped.
+    @kopf.on.event(**md, registry=registry, id="forget")
+    async def model_deployment_event(body: kopf.Body, type: Optional[str], **_: Any) -> None:
+        if type == "DELETED":
+            controller.forget(body["metadata"]["namespace"], body["metadata"]["name"])
 
     for child_kind in CHILD_KINDS:
         _register_child(registry, controller, child_kind)

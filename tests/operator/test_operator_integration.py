@@ -338,3 +338,14 @@ async def test_child_with_same_name_in_another_namespace_is_not_confused(cluster
     assert not naming.is_controlled_by(cluster.rayservice("tiny", "b"), uid_a)
     await converged(cluster, ns="b")
     assert cluster.md("tiny", "b")["status"]["endpoint"] == "http://tiny.b.svc:8000/v1"
+
+
+async def test_deleted_model_deployment_is_forgotten(cluster, operator):
+    await cluster.create_md(tiny_document())
+    await converged(cluster)
+    assert ("default", "tiny") in operator.controller._reconciled
+    status, _ = await cluster.request("DELETE", MD_PATH.format(ns="default") + "/tiny")
+    assert status == 200
+    await eventually(lambda: ("default", "tiny") not in operator.controller._reconciled, 10, "forgotten")
+    assert not operator.controller._seen
+    assert cluster.emulator.get("shardserve.dev/v1alpha1/modeldeployments", "default", "tiny") is None

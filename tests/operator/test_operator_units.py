@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 from datetime import datetime, timedelta, timezone
 
+import kubernetes_validate
 import pytest
 from kubernetes.client.exceptions import ApiException
 
 from shardserve_operator import naming
-from shardserve_operator.apply import build_replacement, build_status_patch
+from shardserve_operator.apply import build_event, build_replacement, build_status_patch
 from shardserve_operator.health import Health, Phase
 from shardserve_operator.kube import INGRESS, LEASE, MODEL_DEPLOYMENT, SERVICE, kind_of, retry_after_seconds
 from shardserve_operator.leader import compute_lease_claim, format_microtime, parse_microtime
 from shardserve_operator.reconcile import compute_retry_delay, is_retriable
 from shardserve_operator.settings import OperatorSettings, add_arguments, from_args
+from shardserve_operator.status import EventRecord
 
 T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -152,6 +154,18 @@ def test_replacement_keeps_what_others_set_and_the_resource_version():
     assert [r["uid"] for r in meta["ownerReferences"]] == ["other", "md"]
     assert body["spec"] == {"ports": [{"port": 8000}], "selector": {"a": "b"},
                             "clusterIP": "10.0.0.7", "clusterIPs": ["10.0.0.7"]}  # stale key gone, allocation kept
+
+
+def test_events_and_leases_validate_against_kubernetes_schemas():
+    md = {"apiVersion": "shardserve.dev/v1alpha1", "kind": "ModelDeployment",
+          "metadata": {"name": "tiny", "namespace": "default", "uid": "u-1"}}
+    event = build_event(md, EventRecord("Warning", "InvalidSpec", "SpecValid is False: spec.x: bad"), T0)
+    kubernetes_validate.validate(event, kubernetes_validate.latest_version(), strict=True)
+    assert event["metadata"]["name"].startswith("tiny.")
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+             "metadata": {"name": "shardserve-operator", "namespace": "default"},
+             "spec": compute_lease_claim(None, "op-0", T0, 15)}
+    kubernetes_validate.validate(lease, kubernetes_validate.latest_version(), strict=True)
 
 
 def test_status_patch_removes_fields_that_are_gone():
