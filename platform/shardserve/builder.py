@@ -20,7 +20,7 @@ SERVER_CLS = "shardserve.server:ShardserveServer"
 INGRESS_CLS = "shardserve.ingress:ShardserveIngress"
 # Ray Serve LLM's default (50 ms) holds a stream's first token back while it
 # collects a batch; 0 sends each engine output as soon as it exists.
-STREAM_BATCHING_INTERVAL_MS = 0
+STREAM_BATCHING_INTERVAL_MS = 50
 
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "m": 1e-3}
@@ -103,12 +103,12 @@ def build_llm_config(md: ModelDeployment, *, builtin_dir: Optional[str] = None) 
 
     CPU workers get their OpenMP threads pinned to disjoint cores of the pod
     (`resources.cpu`, else one core per worker): unpinned ranks fight over
-    the same cores.
+    the same cores. A single worker keeps vLLM's own automatic binding.
     """
     spec = md.spec
     placement = placement_for(spec)
     env: dict[str, str] = {}
-    if spec.resources.accelerator == "cpu":
+    if spec.resources.accelerator == "cpu" and placement.accelerators_per_replica > 1:
         cores = int(parse_quantity(spec.resources.cpu or "0")) or placement.accelerators_per_replica
         env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_threads_bind(placement.accelerators_per_replica, cores)
     config: dict[str, Any] = {
