@@ -12,6 +12,8 @@ from typing import Any, Optional
 from shardserve.placement import Placement, cpu_threads_bind, placement_for
 from shardserve.spec import ModelDeployment, ModelSpec
 
+# The Serve application builder, for `shardserve run` and serveConfigV2 alike.
+APP_IMPORT_PATH = "shardserve.app:build_app"
 # Where the operator mounts a pvc:// claim inside Ray pods.
 PVC_MOUNT_ROOT = "/mnt/models"
 LLM_DEPLOYMENT = "llm"

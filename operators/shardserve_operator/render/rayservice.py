@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import yaml
 
-from shardserve.builder import PVC_MOUNT_ROOT, parse_quantity
+from shardserve.builder import APP_IMPORT_PATH, PVC_MOUNT_ROOT, parse_quantity
 from shardserve.placement import Placement, placement_for
 from shardserve.spec import ModelDeployment
 
@@ -20,7 +20,6 @@ from shardserve_operator import naming
 from shardserve_operator.render.options import RenderOptions
 
 RAY_API_VERSION = "ray.io/v1"
-APP_IMPORT_PATH = "shardserve.app:build_app"
 HEAD_CONTAINER = "ray-head"
 WORKER_CONTAINER = "ray-worker"
 WORKER_GROUP = "workers"
