@@ -75,6 +75,23 @@ def _cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_crd(args: argparse.Namespace) -> int:
+    """Prints the ModelDeployment CRD; -o writes it, --check compares files with it."""
+    from shardserve.crd import render_crd_yaml
+
+    fresh = render_crd_yaml()
+    stale = [path for path in args.check if not Path(path).is_file() or Path(path).read_text() != fresh]
+    for path in stale:
+        print(f"shardserve: {path} differs from the CRD generated from the spec; "
+              f"run: shardserve crd -o {path}", file=sys.stderr)
+    for path in args.output:
+        Path(path).write_text(fresh)
+        print(f"wrote {path}", file=sys.stderr)
+    if not args.check and not args.output:
+        sys.stdout.write(fresh)
+    return 1 if stale else 0
+
+
 def _cmd_operator(args: argparse.Namespace) -> int:
     from shardserve_operator.main import run_from_args
 
@@ -106,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", help="print, as YAML, every object the operator would create for a file")
     render.add_argument("file")
     render.set_defaults(func=_cmd_render)
+
+    crd = sub.add_parser("crd", help="print the ModelDeployment CustomResourceDefinition, generated from the spec")
+    crd.add_argument("-o", "--output", action="append", default=[], metavar="FILE",
+                     help="write the CRD to FILE instead of printing it (repeatable)")
+    crd.add_argument("--check", action="append", default=[], metavar="FILE",
+                     help="exit 1 unless FILE holds exactly the generated CRD (repeatable)")
+    crd.set_defaults(func=_cmd_crd)
 
     from shardserve_operator.settings import add_arguments as add_operator_arguments
 
