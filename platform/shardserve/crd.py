@@ -281,7 +281,9 @@ def build_openapi_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"description": "Standard object metadata.", "type": "object"},
+            # The API server allows nothing on metadata here but name/generateName
+            # restrictions (not even a description); the name rules are CEL below.
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
