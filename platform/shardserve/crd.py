@@ -192,23 +192,22 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return target
 
 
-def _strip_optional(node: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-    """anyOf [X, null] -> X (an omitted field is None); returns (schema, was_optional)."""
+def _strip_optional(node: dict[str, Any]) -> dict[str, Any]:
+    """anyOf [X, null] -> X: an omitted field is None, and the API server prunes a null."""
     options = node.get("anyOf")
     if not options:
-        return node, False
+        return node
     kept = [o for o in options if o.get("type") != "null"]
     if len(kept) != 1:
         raise ValueError(f"cannot express a union in a structural schema: {options}")
     merged = dict(kept[0])
     merged.update({k: v for k, v in node.items() if k != "anyOf"})
-    return merged, len(kept) < len(options)
+    return merged
 
 
 def build_structural(node: dict[str, Any], defs: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
     """One pydantic JSON Schema node -> a structural OpenAPI v3 node (recursive)."""
-    node, _ = _strip_optional(_resolve(node, defs))
-    node = _resolve(node, defs)
+    node = _resolve(_strip_optional(_resolve(node, defs)), defs)
     out: dict[str, Any] = {k: node[k] for k in _KEPT if k in node}
     # JSON Schema 2020-12 says exclusiveMinimum: N; OpenAPI v3 says minimum: N + exclusiveMinimum: true.
     for bound, flag in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
