@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
+from shardserve.autoscaling import build_autoscaling_config
 from shardserve.placement import Placement, cpu_threads_bind, placement_for
 from shardserve.spec import ModelDeployment, ModelSpec
 
@@ -88,15 +89,15 @@ def build_deployment_config(md: ModelDeployment) -> dict[str, Any]:
     if scaling is None:
         config["num_replicas"] = spec.effective_replicas
     else:
-        config["autoscaling_config"] = {
-            "min_replicas": scaling.min_replicas,
-            "initial_replicas": spec.effective_replicas,
-            "max_replicas": scaling.max_replicas,
-            # Request-based until the queue-depth policy replaces it.
-            "target_ongoing_requests": scaling.target_queue_depth,
-            "upscale_delay_s": scaling.upscale_delay_seconds,
-            "downscale_delay_s": scaling.downscale_delay_seconds,
-        }
+        config["autoscaling_config"] = build_autoscaling_config(
+            min_replicas=scaling.min_replicas,
+            max_replicas=scaling.max_replicas,
+            initial_replicas=spec.effective_replicas,
+            target_queue_depth=scaling.target_queue_depth,
+            replica_capacity=spec.serving.max_ongoing_requests,
+            upscale_delay_s=scaling.upscale_delay_seconds,
+            downscale_delay_s=scaling.downscale_delay_seconds,
+        )
     return config
 
 

@@ -29,6 +29,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return run_local(md, options)
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    from shardserve.local_status import format_status, read_local_status
+
+    try:
+        rows = read_local_status(args.name)
+    except ConnectionError as err:
+        print(f"shardserve: no local deployment running ({err})", file=sys.stderr)
+        return 1
+    print(json.dumps(rows, indent=2) if args.json else format_status(rows))
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     md = _load_or_exit(args.file)
     print(f"{args.file}: valid ModelDeployment {md.metadata.name!r}")
@@ -109,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray")
     run.add_argument("-v", "--verbose", action="store_true", help="show Ray's and vLLM's logs")
     run.set_defaults(func=_cmd_run)
+
+    status = sub.add_parser("status", help="replicas and queue of deployments started by `shardserve run`")
+    status.add_argument("name", nargs="?", help="only this deployment")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_cmd_status)
 
     validate = sub.add_parser("validate", help="check a ModelDeployment file")
     validate.add_argument("file")

@@ -24,23 +24,31 @@ from ray.llm._internal.serve.core.ingress.ingress import (
     make_fastapi_ingress,
 )
 from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware
+from ray.serve.exceptions import BackPressureError
 
 from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
 from shardserve.request_checks import find_invalid_unicode
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
+RETRY_AFTER_S = 1
 JSON_TYPES = ("application/json",)
 
 
 class ShardserveIngress(OpenAiIngress):
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         await _check_body(request)
-        return await super().chat(body, request)
+        try:
+            return await super().chat(body, request)
+        except BackPressureError:
+            return _queue_full()
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         await _check_body(request)
-        return await super().completions(body, request)
+        try:
+            return await super().completions(body, request)
+        except BackPressureError:
+            return _queue_full()
 
     async def health(self) -> JSONResponse:
         """200 when every model deployment answers its health check, else 503."""
@@ -86,6 +94,18 @@ async def _on_openai_exception(_request: Request, exc: OpenAIHTTPException) -> J
     if exc.status_code >= 500:
         logger.error("request failed: %s", exc.internal_message or exc.message)
     return _error_response(exc.status_code, message, param=param)
+
+
+def _queue_full() -> JSONResponse:
+    # The deployment's queue is full: tell the client at once when to come back.
+    # (Caught in the endpoint: Serve replaces any app-level handler for this
+    # exception with its own plain-text 503.)
+    return _error_response(
+        429,
+        f"the model's queue is full; retry after {RETRY_AFTER_S}s",
+        code="queue_full",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -1,6 +1,7 @@
 """The model replica: Ray Serve LLM's LLMServer, which
 - makes sure the weights exist on its own node first (a builtin model is
   built there, not shipped), and
+- reports its engine's queue (waiting, running) to the autoscaler, and
 - sends a stream's first output at once, batching only the rest (Ray Serve
   LLM's batcher holds the first token back for a whole interval).
 """
@@ -13,6 +14,8 @@ from typing import Any, AsyncGenerator, Optional, TypeVar
 
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.batcher import Batcher
+
+from shardserve.autoscaling import RUNNING, WAITING
 
 T = TypeVar("T")
 
@@ -31,6 +34,13 @@ class ShardserveServer(LLMServer):
             path = await asyncio.to_thread(ensure_builtin_model, self._builtin_model)
             logger.info("builtin model %s ready at %s", self._builtin_model, path)
         await super().start()
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """The engine's queue, pushed by Serve to the autoscaling policy."""
+        from shardserve.engine_stats import read_queue
+
+        queue = read_queue()
+        return {WAITING: float(queue.waiting), RUNNING: float(queue.running)}
 
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
         return first_then_batched(generator, self._get_batch_interval_ms())

@@ -1,0 +1,59 @@
+"""`shardserve status`: replicas and queue of deployments on the local Ray
+that `shardserve run` started."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from shardserve.autoscaling import KV_NAMESPACE, decision_key
+from shardserve.builder import LLM_DEPLOYMENT
+
+
+def read_local_status(app_filter: Optional[str] = None) -> list[dict[str, Any]]:
+    """Connects to the running local Ray and reads each application's state."""
+    import ray
+    from ray.experimental.internal_kv import _internal_kv_get
+    from ray.serve.context import _get_global_client
+
+    ray.init(address="auto", log_to_driver=False, logging_level="ERROR")
+    try:
+        details = _get_global_client().get_serve_details()
+        out = []
+        for app_name, app in sorted(details.get("applications", {}).items()):
+            if app_filter and app_name != app_filter:
+                continue
+            llm = app.get("deployments", {}).get(LLM_DEPLOYMENT, {})
+            raw = _internal_kv_get(decision_key(app_name, LLM_DEPLOYMENT), namespace=KV_NAMESPACE)
+            out.append(build_status_row(app_name, app, llm, json.loads(raw) if raw else None))
+        return out
+    finally:
+        ray.shutdown()
+
+
+def build_status_row(app_name: str, app: dict[str, Any], llm: dict[str, Any],
+                     decision: Optional[dict[str, Any]]) -> dict[str, Any]:
+    replicas = llm.get("replicas", [])
+    return {
+        "name": app_name,
+        "status": str(app.get("status", "")),
+        "replicas_running": sum(1 for r in replicas if str(r.get("state", "")).endswith("RUNNING")),
+        "replicas_desired": llm.get("target_num_replicas", 0),
+        "queue_waiting": decision.get("waiting") if decision else None,
+        "requests_running": decision.get("running") if decision else None,
+        "last_decision": decision.get("reason") if decision else None,
+    }
+
+
+def format_status(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no deployments"
+    lines = []
+    for row in rows:
+        queue = ("queue n/a (autoscaling off)" if row["queue_waiting"] is None
+                 else f"queue {row['queue_waiting']:g} waiting, {row['requests_running']:g} running")
+        lines.append(f"{row['name']}: {row['status']}, replicas {row['replicas_running']}/{row['replicas_desired']} "
+                     f"running/desired, {queue}")
+        if row["last_decision"]:
+            lines.append(f"  autoscaler: {row['last_decision']}")
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""Past serving.maxQueuedRequests, new requests get a fast OpenAI-shaped 429
+with Retry-After, while the admitted ones complete."""
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.integration.conftest import run_stack, write_spec
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def small_queue(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("backpressure")
+    spec = write_spec(
+        tmp, "backpressure",
+        engine={"maxModelLen": 256, "dtype": "float32", "kvCacheMemory": "256Mi", "maxNumSeqs": 2},
+        serving={"maxOngoingRequests": 2, "maxQueuedRequests": 2, "requestTimeoutSeconds": 120},
+    )
+    yield from run_stack(spec, tmp)
+
+
+async def one(client: httpx.AsyncClient, i: int) -> tuple[int, float, dict, str]:
+    started = time.monotonic()
+    body = {"model": "tiny", "prompt": f"request {i}", "max_tokens": 128, "ignore_eos": True}
+    response = await client.post("/v1/completions", json=body)
+    return response.status_code, time.monotonic() - started, dict(response.headers), response.text
+
+
+async def burst(base_url: str, n: int):
+    async with httpx.AsyncClient(base_url=base_url, timeout=120) as client:
+        return await asyncio.gather(*(one(client, i) for i in range(n)))
+
+
+def test_overload_gets_fast_429s_and_admitted_requests_complete(small_queue):
+    results = asyncio.run(burst(small_queue.base_url, 12))
+    admitted = [r for r in results if r[0] == 200]
+    rejected = [r for r in results if r[0] == 429]
+    assert len(admitted) + len(rejected) == 12, [r[0] for r in results]
+    # A sudden burst: the first maxQueuedRequests (2) queue at the handle and
+    # are admitted; the rest are turned away at once.
+    assert len(admitted) >= 2 and len(rejected) >= 6
+    slowest_admitted = max(r[1] for r in admitted)
+    for status, seconds, headers, text in rejected:
+        assert headers["retry-after"] == "1"
+        assert '"type":"rate_limit_error"' in text.replace(" ", "") and '"code":"queue_full"' in text.replace(" ", "")
+        assert seconds < slowest_admitted / 2, "a rejection must not wait for the queue"
+    for status, seconds, headers, text in admitted:
+        assert '"completion_tokens":128' in text.replace(" ", "")
+    print(f"\n{len(admitted)} admitted (slowest {slowest_admitted:.1f}s), {len(rejected)} rejected "
+          f"(slowest {max(r[1] for r in rejected) * 1000:.0f} ms)")
+
+
+def test_serves_normally_once_the_queue_drains(small_queue):
+    response = httpx.post(f"{small_queue.base_url}/v1/completions",
+                          json={"model": "tiny", "prompt": "after", "max_tokens": 4}, timeout=60)
+    assert response.status_code == 200
