@@ -106,6 +106,13 @@ def test_reasons_name_the_inputs():
     assert decision.inputs == {"running_replicas": 1, "target_replicas": 1, "waiting": 12, "running": 16}
 
 
+def test_decision_kind_ignores_the_numbers():
+    from shardserve.autoscaling import decision_kind
+
+    assert decision_kind("queue 3.2/replica > target 2 for 1s of 2s") == decision_kind("queue 5.0/replica > target 2 for 0s of 2s")
+    assert decision_kind("scale up 1->2: queue") != decision_kind("steady: queue 0.0/replica, 0 running")
+
+
 class FakeContext:
     def __init__(self, **kw):
         self.app_name, self.deployment_name = "app", "llm"

@@ -21,6 +21,9 @@ Condition types and reasons, all in one place:
   Ready             True   Serving                  the three above are True
                     False  InvalidSpec, ResourcesNotApplied, ServeNotReady  (the first that is not True)
 
+Events: one per condition flip (reason as above), and `Scaled` when the
+replica count the autoscaler asks for changes.
+
 Every condition carries observedGeneration; lastTransitionTime moves only
 when its status flips, so rewriting a reason or message does not reset it.
 """
@@ -59,6 +62,7 @@ APPLICATION_MISSING = "ApplicationMissing"
 SERVING = "Serving"
 RESOURCES_NOT_APPLIED = "ResourcesNotApplied"
 SERVE_NOT_READY = "ServeNotReady"
+SCALED = "Scaled"
 # False with one of these needs a person, so its event is a Warning.
 FAILURE_REASONS = frozenset({INVALID_SPEC, NOT_OWNED, APPLY_FAILED, APPLICATION_DEPLOY_FAILED,
                              APPLICATION_UNHEALTHY, APPLICATION_MISSING, "InitializingTimeout"})
@@ -245,4 +249,11 @@ def compute_events(previous: Optional[Mapping[str, Any]], new: Mapping[str, Any]
             (before is not None and before.get("status") == "True") or now_["reason"] in FAILURE_REASONS)
         message = f"{type_} is {now_['status']}: {now_.get('message', '')}".rstrip(": ")
         records.append(EventRecord("Warning" if fell else "Normal", now_["reason"], message))
+    # The autoscaler's changes, seen through the RayCluster's desired workers;
+    # the decision's own inputs are in Serve's controller log.
+    before_replicas = (previous or {}).get("replicas")
+    if before_replicas is not None and new.get("replicas") is not None and before_replicas != new["replicas"]:
+        direction = "up" if new["replicas"] > before_replicas else "down"
+        records.append(EventRecord("Normal", SCALED, f"scaled {direction} from {before_replicas} to {new['replicas']} "
+                                                     f"replica(s); ready {new.get('readyReplicas', 0)}"))
     return records

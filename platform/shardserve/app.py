@@ -6,7 +6,7 @@ RayService (`serveConfigV2`) use, with the ModelDeployment document as args.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from ray import serve
 from ray.serve.deployment import Application
@@ -17,15 +17,22 @@ from shardserve.spec import ModelDeployment
 from shardserve.validation import parse_deployment
 
 
-def build_application(md: ModelDeployment) -> Application:
+def build_llm_config_for(md: ModelDeployment) -> dict[str, Any]:
+    """The LLMConfig dict, with a builtin model's directory on this machine."""
     model = md.spec.model
-    builtin = model.location if model.scheme == "builtin" else None
     builtin_dir = None
-    if builtin:
+    if model.scheme == "builtin":
         from shardserve.models import builtin_model_dir
 
-        builtin_dir = str(builtin_model_dir(builtin))
-    llm_config = LLMConfig(**build_llm_config(md, builtin_dir=builtin_dir))
+        builtin_dir = str(builtin_model_dir(model.location))
+    return build_llm_config(md, builtin_dir=builtin_dir)
+
+
+def build_application(md: ModelDeployment, llm_config_dict: Optional[dict[str, Any]] = None) -> Application:
+    """The Serve application; `llm_config_dict` replaces the built config (benchmarks compare variants)."""
+    model = md.spec.model
+    builtin = model.location if model.scheme == "builtin" else None
+    llm_config = LLMConfig(**(llm_config_dict or build_llm_config_for(md)))
 
     # Imported here: the ingress module pulls in FastAPI and Serve LLM's routes.
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata

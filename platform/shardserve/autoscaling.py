@@ -136,6 +136,7 @@ class QueueDepthPolicy:
         self._settings = (float(target_queue_depth), int(replica_capacity), float(upscale_delay_s), float(downscale_delay_s))
         self._last_reason = ""
         self._published: Optional[dict[str, Any]] = None
+        self._gauges: Optional[dict[str, Any]] = None
 
     def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
         target, capacity, up_delay, down_delay = self._settings
@@ -143,7 +144,7 @@ class QueueDepthPolicy:
                                target, capacity, up_delay, down_delay)
         decision = compute_scaling(inputs_from_context(ctx), bounds)
         # Log each change of mind (the kind of decision), not every tick.
-        kind = decision.reason.split(":")[0]
+        kind = decision_kind(decision.reason)
         if decision.changes or kind != self._last_reason:
             logger.info("autoscaling %s/%s: %s (inputs %s)", ctx.app_name, ctx.deployment_name,
                         decision.reason, decision.inputs)
@@ -151,7 +152,24 @@ class QueueDepthPolicy:
         state = {**(ctx.policy_state or {}), "high_since": decision.high_since,
                  "low_since": decision.low_since, "reason": decision.reason}
         self._publish(ctx, decision)
+        self._record_metrics(ctx, decision)
         return decision.desired_replicas, state
+
+    def _record_metrics(self, ctx: Any, decision: ScalingDecision) -> None:
+        """Queue gauges beside Serve's own serve_autoscaling_desired_replicas."""
+        if self._gauges is None:
+            from ray.util.metrics import Gauge
+
+            tags = ("application", "deployment")
+            self._gauges = {
+                "waiting": Gauge("shardserve_queue_waiting_requests", "Requests waiting for the engine "
+                                 "(engine queue plus Serve handle queue), as the autoscaler sees them.", tag_keys=tags),
+                "running": Gauge("shardserve_queue_running_requests", "Requests the engines are running.", tag_keys=tags),
+                "running_replicas": Gauge("shardserve_replicas_running", "Model replicas serving.", tag_keys=tags),
+            }
+        tags = {"application": ctx.app_name or "", "deployment": ctx.deployment_name}
+        for key, gauge in self._gauges.items():
+            gauge.set(float(decision.inputs[key]), tags=tags)
 
     def _publish(self, ctx: Any, decision: ScalingDecision) -> None:
         """Latest decision into Ray's key-value store, for `shardserve status`.
@@ -169,6 +187,11 @@ class QueueDepthPolicy:
             self._published = record
         except Exception as err:  # status is informative; never fail scaling for it
             logger.warning("could not publish the autoscaling decision: %r", err)
+
+
+def decision_kind(reason: str) -> str:
+    """'queue 3.2/replica > target 2 for 1s of 2s' -> 'queue/replica > target for s of s'."""
+    return " ".join(w for w in (part.strip("0123456789.->") for part in reason.split()) if w)
 
 
 def decision_key(app: str, deployment: str) -> str:

@@ -188,3 +188,15 @@ def test_events_only_on_transitions():
     events = compute_events(ready, broken)
     assert [(e.type, e.reason) for e in events] == [("Warning", "ApplicationUnhealthy"), ("Warning", "ServeNotReady")]
     assert "replica died" in events[0].message
+
+
+def test_scaled_event_when_the_replica_count_changes():
+    before = {"replicas": 1, "readyReplicas": 1, "conditions": []}
+    after = {"replicas": 2, "readyReplicas": 1, "conditions": []}
+    [event] = compute_events(before, after)
+    assert (event.type, event.reason) == ("Normal", "Scaled")
+    assert event.message == "scaled up from 1 to 2 replica(s); ready 1"
+    [down] = compute_events(after, {"replicas": 1, "readyReplicas": 1, "conditions": []})
+    assert down.message.startswith("scaled down from 2 to 1")
+    assert compute_events(after, after) == []
+    assert [e.reason for e in compute_events(None, after)] == []  # the first status is no scaling
