@@ -97,7 +97,8 @@ def compute_scaling(inputs: ScalingInputs, bounds: ScalingBounds) -> ScalingDeci
             return decide(target, f"{headline} for {now - high_since:.0f}s of {bounds.upscale_delay_s:g}s", high=high_since)
         return decide(wanted, f"scale up {target}->{wanted}: {headline} for {now - high_since:.0f}s")
 
-    # The load fits fewer replicas only with an empty queue and room to spare.
+    # Fewer replicas suffice only with an empty queue and the running requests
+    # within their capacity (maxOngoingRequests each).
     fits = max(bounds.min_replicas, math.ceil(running / bounds.replica_capacity))
     if waiting == 0 and fits < target:
         low_since = inputs.low_since if inputs.low_since is not None else now
