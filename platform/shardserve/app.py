@@ -37,6 +37,7 @@ def build_application(md: ModelDeployment, llm_config_dict: Optional[dict[str, A
     # Imported here: the ingress module pulls in FastAPI and Serve LLM's routes.
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
     from shardserve.ingress import ShardserveIngress, make_ingress_class
+    from shardserve.request_checks import RequestLimits
 
     server = build_llm_deployment(
         llm_config,
@@ -44,7 +45,9 @@ def build_application(md: ModelDeployment, llm_config_dict: Optional[dict[str, A
         override_serve_options={"name": LLM_DEPLOYMENT},
     )
     options = ShardserveIngress.get_deployment_options([llm_config])
-    return serve.deployment(make_ingress_class(), name=INGRESS_DEPLOYMENT, **options).bind(
+    serving = md.spec.serving
+    ingress_cls = make_ingress_class(RequestLimits.from_serving(serving), require_api_key=bool(serving.api_key_secret))
+    return serve.deployment(ingress_cls, name=INGRESS_DEPLOYMENT, **options).bind(
         llm_deployments={llm_config.model_id: server},
         model_cards={llm_config.model_id: to_model_metadata(llm_config.model_id, llm_config)},
     )

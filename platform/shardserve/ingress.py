@@ -1,11 +1,13 @@
 """The HTTP ingress: Ray Serve LLM's OpenAI ingress on our own FastAPI app,
-which adds a health route and answers every error in OpenAI's shape."""
+which adds a health route, API keys, request limits, and answers every error
+in OpenAI's shape. Everything here runs before a request reaches the engine."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,8 +28,9 @@ from ray.llm._internal.serve.core.ingress.ingress import (
 from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware
 from ray.serve.exceptions import BackPressureError
 
+from shardserve.api_keys import KeyStore, bearer_token, key_matches, keys_configured
 from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
-from shardserve.request_checks import find_invalid_unicode
+from shardserve.request_checks import RequestLimits, find_invalid_unicode, find_limit_violation
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
@@ -64,9 +67,29 @@ class ShardserveIngress(OpenAiIngress):
 
 
 async def _check_body(request: Request) -> None:
-    problem = find_invalid_unicode(await request.body())
+    raw = await request.body()
+    problem = find_invalid_unicode(raw)
     if problem:
         raise StarletteHTTPException(400, problem)
+    limits = getattr(request.app.state, "limits", None)
+    if limits is not None:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return  # the schema already accepted it; nothing more to bound
+        found = find_limit_violation(body, limits)
+        if found:
+            raise RequestLimitError(found.message, found.param)
+
+
+class RequestLimitError(Exception):
+    def __init__(self, message: str, param: str):
+        super().__init__(message)
+        self.message, self.param = message, param
+
+
+async def _on_limit_error(_request: Request, exc: RequestLimitError) -> JSONResponse:
+    return _error_response(400, exc.message, param=exc.param, code="limit_exceeded")
 
 
 ENDPOINTS: dict[str, Callable[[FastAPI], Any]] = {
@@ -129,17 +152,140 @@ class JsonBodyOnly:
         await self.app(scope, receive, send)
 
 
-def build_fastapi_app() -> FastAPI:
+# Serve's HTTP proxy (uvicorn + httptools) takes headers of any size; nginx's
+# default is 4 x 8 KiB. OpenAI clients send well under 2 KiB.
+MAX_HEADER_BYTES = 32 * 1024
+
+
+class HeaderSizeLimit:
+    """431 when the request's headers add up to more than MAX_HEADER_BYTES."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_bytes:
+            response = _error_response(431, f"request headers are larger than {self.max_bytes} bytes",
+                                       code="headers_too_large", headers={"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class BodySizeLimit:
+    """413 for a POST to /v1/* whose body exceeds the limit (declared or streamed).
+
+    Reads the body (it is read whole downstream anyway) and hands it on.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/")):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away before sending its body
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _error_response(
+            413, f"request body is larger than {self.max_bytes} bytes", param=None, code="request_too_large",
+            headers={"Connection": "close"},
+        )
+        await response(scope, receive, send)
+
+
+class ApiKeyAuth:
+    """Every path but /health needs `Authorization: Bearer <key>` when keys are in use.
+
+    In use when the spec names an API key Secret (`required`) or the replica's
+    environment names keys; required with no keys found refuses everything.
+    """
+
+    OPEN_PATHS = ("/health",)
+
+    def __init__(self, app: ASGIApp, required: bool):
+        self.app = app
+        self.required = required
+        self._store: Optional[KeyStore] = None
+        self._enabled: Optional[bool] = None
+
+    def _keys(self) -> Optional[tuple[str, ...]]:
+        """None when auth is off; else the current keys (possibly none)."""
+        if self._enabled is None:
+            self._enabled = self.required or keys_configured()
+            if self._enabled:
+                self._store = KeyStore()
+                if not self._store.keys():
+                    logger.error("API keys are required but none were found (%s)", "SHARDSERVE_API_KEYS[_FILE]")
+        return self._store.keys() if self._store is not None else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        keys = self._keys()
+        if keys is not None:
+            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
+            token = bearer_token(header)
+            if not key_matches(token, keys):
+                message = ("Missing API key: send it as 'Authorization: Bearer <key>'." if token is None
+                           else "Incorrect API key provided.")
+                response = _error_response(401, message, code="invalid_api_key",
+                                           headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: bool = False) -> FastAPI:
+    limits = limits or RequestLimits()
     app = FastAPI()
+    app.state.limits = limits
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(OpenAIHTTPException, _on_openai_exception)
+    app.add_exception_handler(RequestLimitError, _on_limit_error)
     app.add_exception_handler(Exception, _on_unexpected)
+    # Outermost last: request id, header size, API key, body size, content type.
     app.add_middleware(JsonBodyOnly)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(ApiKeyAuth, required=require_api_key)
+    app.add_middleware(HeaderSizeLimit)
     app.add_middleware(SetRequestIdMiddleware)
     return app
 
 
-def make_ingress_class() -> type:
+def make_ingress_class(limits: Optional[RequestLimits] = None, require_api_key: bool = False) -> type:
     """The Serve deployment class: routes bound onto a fresh FastAPI app."""
-    return make_fastapi_ingress(ShardserveIngress, endpoint_map=ENDPOINTS, app=build_fastapi_app())
+    return make_fastapi_ingress(
+        ShardserveIngress, endpoint_map=ENDPOINTS, app=build_fastapi_app(limits, require_api_key)
+    )

@@ -110,6 +110,12 @@ def run_local(
     num_cpus = options.num_cpus or max(MIN_LOGICAL_CPUS, (world + 1) * replicas + 3)
     name = md.metadata.name
 
+    from shardserve.api_keys import KEYS_ENV, KEYS_FILE_ENV, keys_configured
+
+    if md.spec.serving.api_key_secret and not keys_configured():
+        print(f"shardserve: error: spec.serving.apiKeySecret is set; locally the keys come from "
+              f"{KEYS_ENV} (comma-separated) or {KEYS_FILE_ENV} (a file, one key per line)", file=out, flush=True)
+        return 1
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"shardserve: starting a local Ray ({num_cpus} logical CPUs)", file=out, flush=True)

@@ -208,9 +208,25 @@ class ServingSpec(_Model):
     )
     request_timeout_seconds: float = Field(default=600, gt=0, le=86_400, description="End-to-end limit for one request.")
     api_key_secret: Optional[str] = Field(
-        default=None, description="Secret holding API keys; when set, /v1/* needs a bearer key."
+        default=None,
+        description="Secret holding API keys, one key per data entry (the entry's name is a label); "
+                    "when set, /v1/* needs 'Authorization: Bearer <key>'. Keys rotate without a restart.",
     )
     port: int = Field(default=8000, ge=1024, le=65535, description="HTTP port of the OpenAI endpoint.")
+    max_request_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=1024, le=1024**3,
+        description="Largest request body accepted on /v1/*; bigger bodies get HTTP 413.",
+    )
+    max_tokens: Optional[int] = Field(
+        default=None, ge=1, le=10_000_000,
+        description="Largest max_tokens (max_completion_tokens) a request may ask for. Default: the context length.",
+    )
+    max_n: int = Field(default=8, ge=1, le=1024, description="Largest n (and best_of) a request may ask for.")
+    max_stop_sequences: int = Field(default=8, ge=0, le=1024, description="Most stop strings in one request.")
+    max_messages: int = Field(default=512, ge=1, le=100_000, description="Most chat messages in one request.")
+    max_message_chars: int = Field(
+        default=1_000_000, ge=1, le=100_000_000, description="Most characters of text in one chat message.",
+    )
 
 
 class IngressSpec(_Model):

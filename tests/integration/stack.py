@@ -31,8 +31,9 @@ def shardserve_command() -> list[str]:
 
 
 class LocalStack:
-    def __init__(self, spec_file: Path, log_file: Path, port: Optional[int] = None):
+    def __init__(self, spec_file: Path, log_file: Path, port: Optional[int] = None, env: Optional[dict] = None):
         self.spec_file = spec_file
+        self.env = env  # extra environment for `shardserve run`
         self.log_file = log_file
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -48,6 +49,7 @@ class LocalStack:
             self.process = subprocess.Popen(
                 [*shardserve_command(), "run", str(self.spec_file), "--port", str(self.port)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                env={**os.environ, **self.env} if self.env else None,
             )
         deadline = started + READY_TIMEOUT_S
         while time.monotonic() < deadline:

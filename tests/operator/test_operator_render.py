@@ -156,13 +156,32 @@ def test_gpu_workers_tolerate_the_gpu_taint_and_keep_spec_tolerations():
 def test_pvc_source_is_mounted_read_only_where_the_builder_looks():
     md = load_file(CASES["llama-70b-tp4-pp2"])
     pod = by_kind(render_children(md))["RayService"]["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]["spec"]
-    (volume,) = pod["volumes"]
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert volume["persistentVolumeClaim"] == {"claimName": "model-store", "readOnly": True}
-    (mount,) = pod["containers"][0]["volumeMounts"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
     assert mount == {"name": volume["name"], "mountPath": f"{PVC_MOUNT_ROOT}/model-store", "readOnly": True}
     from shardserve.builder import resolve_model_source
 
     assert resolve_model_source(md.spec.model).startswith(mount["mountPath"] + "/")
+
+
+def test_api_key_secret_is_mounted_read_only_in_every_ray_pod_and_named_by_env():
+    from shardserve.api_keys import KEYS_FILE_ENV
+
+    rayservice = by_kind(render_case("llama-70b-tp4-pp2"))["RayService"]
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]
+    for pod in pods:
+        (volume,) = [v for v in pod["volumes"] if "secret" in v]
+        assert volume["secret"]["secretName"] == "llm-keys"
+        (container,) = pod["containers"]
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert mount["readOnly"] is True
+        assert {"name": KEYS_FILE_ENV, "value": mount["mountPath"]} in container["env"]
+    # No key is ever written into the Serve config.
+    assert "SHARDSERVE_API_KEYS" not in rayservice["spec"]["serveConfigV2"]
+    plain = by_kind(render_case("llama-8b-1gpu"))["RayService"]["spec"]["rayClusterConfig"]
+    assert "volumes" not in plain["headGroupSpec"]["template"]["spec"]
 
 
 def test_credentials_secret_reaches_every_ray_container_and_image_falls_back_to_default():

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import yaml
 
+from shardserve.api_keys import KEYS_FILE_ENV
 from shardserve.builder import APP_IMPORT_PATH, PVC_MOUNT_ROOT, parse_quantity
 from shardserve.placement import Placement, placement_for
 from shardserve.spec import ModelDeployment
@@ -25,6 +26,11 @@ WORKER_CONTAINER = "ray-worker"
 WORKER_GROUP = "workers"
 GPU_RESOURCE = "nvidia.com/gpu"
 MODEL_VOLUME = "models"
+# The serving.apiKeySecret, mounted read-only: one file per key. The kubelet
+# updates the files in place when the Secret changes, and the ingress re-reads
+# them (shardserve.api_keys), so keys rotate without a restart.
+API_KEYS_VOLUME = "api-keys"
+API_KEYS_MOUNT = "/etc/shardserve/api-keys"
 # KubeRay's default head ports; "serve" is the name KubeRay looks for, both for
 # its serve Service and for the Serve-proxy check in worker readiness probes.
 HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001))
@@ -84,7 +90,17 @@ def _container(name: str, image: str, md: ModelDeployment, ports: list[dict], re
     secret = md.spec.model.credentials_secret
     if secret:
         container["envFrom"] = [{"secretRef": {"name": secret}}]
+    if md.spec.serving.api_key_secret:
+        container["env"] = [{"name": KEYS_FILE_ENV, "value": API_KEYS_MOUNT}]
+        container["volumeMounts"] = [{"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT, "readOnly": True}]
     return container
+
+
+def _pod_volumes(md: ModelDeployment) -> list[dict[str, Any]]:
+    secret = md.spec.serving.api_key_secret
+    if not secret:
+        return []
+    return [{"name": API_KEYS_VOLUME, "secret": {"secretName": secret, "defaultMode": 0o444}}]
 
 
 def _serve_port(md: ModelDeployment) -> dict[str, Any]:
@@ -98,12 +114,16 @@ def build_head_group(md: ModelDeployment, options: RenderOptions) -> dict[str, A
         "limits": {"memory": options.head_memory},
     }
     head = _container(HEAD_CONTAINER, md.spec.image or options.default_image, md, ports + [_serve_port(md)], resources)
+    pod_spec: dict[str, Any] = {"containers": [head]}
+    volumes = _pod_volumes(md)
+    if volumes:
+        pod_spec["volumes"] = volumes
     return {
         # No logical CPUs: replicas and the ingress never schedule on the head.
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
         "template": {
             "metadata": {"labels": naming.build_pod_labels(md.metadata.name)},
-            "spec": {"containers": [head]},
+            "spec": pod_spec,
         },
     }
 
@@ -156,10 +176,14 @@ def build_worker_group(md: ModelDeployment, options: RenderOptions, placement: P
     worker = _container(WORKER_CONTAINER, md.spec.image or options.default_image, md,
                         [_serve_port(md)], _worker_resources(md, placement))
     pod_spec: dict[str, Any] = {"containers": [worker]}
+    volumes = _pod_volumes(md)
     claim = _model_claim(md)
     if claim:
-        pod_spec["volumes"] = [{"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}]
-        worker["volumeMounts"] = [{"name": MODEL_VOLUME, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True}]
+        volumes.append({"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        worker.setdefault("volumeMounts", []).append(
+            {"name": MODEL_VOLUME, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    if volumes:
+        pod_spec["volumes"] = volumes
     if res.node_selector:
         pod_spec["nodeSelector"] = dict(res.node_selector)
     tolerations = [dict(t) for t in res.tolerations]

@@ -1,0 +1,128 @@
+"""API keys for /v1/*: where they come from, and the constant-time check.
+
+Sources, read in the ingress replica's process (never at build time, so no
+key travels inside the Serve config):
+
+- `SHARDSERVE_API_KEYS`: comma-separated keys (local runs);
+- `SHARDSERVE_API_KEYS_FILE`: a file with one key per line (blank lines and
+  lines starting with `#` are skipped), or a directory in which every
+  regular file holds one key — the shape of a mounted Kubernetes Secret
+  (one data entry per key; the entry's name is a label for humans).
+
+The file source is re-read when the files' modification times change,
+checked at most once per `RECHECK_INTERVAL_S`: keys rotate without a
+restart and a request costs no file read.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+logger = logging.getLogger(__name__)
+
+KEYS_ENV = "SHARDSERVE_API_KEYS"
+KEYS_FILE_ENV = "SHARDSERVE_API_KEYS_FILE"
+RECHECK_INTERVAL_S = 1.0
+
+__all__ = ["KEYS_ENV", "KEYS_FILE_ENV", "KeyStore", "parse_keys", "bearer_token", "key_matches", "keys_configured"]
+
+
+def parse_keys(text: str, *, separator: Optional[str] = None) -> tuple[str, ...]:
+    """Keys from text: one per line (or split on `separator`); blanks and # comments dropped."""
+    parts = text.split(separator) if separator else text.splitlines()
+    return tuple(p.strip() for p in parts if p.strip() and not p.strip().startswith("#"))
+
+
+def bearer_token(authorization: Optional[str]) -> Optional[str]:
+    """The token of an `Authorization: Bearer <token>` header, else None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def key_matches(token: Optional[str], keys: Iterable[str]) -> bool:
+    """Constant-time over every key: the time does not tell which key was close."""
+    if token is None:
+        return False
+    given = token.encode("utf-8", "surrogatepass")
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(given, key.encode("utf-8"))
+    return found
+
+
+def keys_configured(environ: Optional[dict] = None) -> bool:
+    env = os.environ if environ is None else environ
+    return bool(env.get(KEYS_ENV) or env.get(KEYS_FILE_ENV))
+
+
+def _key_files(path: Path) -> list[Path]:
+    if path.is_dir():
+        # A mounted Secret also holds `..data` links; its entries are the plain names.
+        return sorted(p for p in path.iterdir() if not p.name.startswith(".") and p.is_file())
+    return [path]
+
+
+def _signature(path: Path) -> tuple:
+    files = _key_files(path)
+    return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+
+
+def _read_keys(path: Path) -> tuple[str, ...]:
+    if path.is_dir():
+        keys: list[str] = []
+        for f in _key_files(path):
+            keys.extend(parse_keys(f.read_text()))
+        return tuple(keys)
+    return parse_keys(path.read_text())
+
+
+class KeyStore:
+    """The current keys; `keys()` is cheap (a stat at most once a second)."""
+
+    def __init__(self, environ: Optional[dict] = None, clock: Callable[[], float] = time.monotonic):
+        env = dict(os.environ if environ is None else environ)
+        self._inline = parse_keys(env.get(KEYS_ENV, ""), separator=",")
+        file = env.get(KEYS_FILE_ENV)
+        self._path = Path(file) if file else None
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._from_file: tuple[str, ...] = ()
+        self._signature: Optional[tuple] = None
+        self._checked_at = float("-inf")
+        if self._path is not None:
+            self._refresh(force=True)
+
+    def keys(self) -> tuple[str, ...]:
+        if self._path is not None and self._clock() - self._checked_at >= RECHECK_INTERVAL_S:
+            self._refresh()
+        return self._inline + self._from_file
+
+    def _refresh(self, force: bool = False) -> None:
+        with self._lock:
+            self._checked_at = self._clock()
+            path = self._path
+            if path is None:
+                return
+            try:
+                signature = _signature(path)
+                if not force and signature == self._signature:
+                    return
+                keys = _read_keys(path)
+            except OSError as err:
+                # Keep the last good keys: a rotation in progress must not lock everyone out.
+                logger.warning("cannot read API keys from %s: %s", self._path, err)
+                return
+            if not keys:
+                logger.warning("no API keys in %s: every /v1 request will be refused", self._path)
+            elif self._signature is not None:
+                logger.info("API keys reloaded from %s (%d keys)", self._path, len(keys))
+            self._signature, self._from_file = signature, keys
