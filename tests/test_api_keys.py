@@ -151,3 +151,21 @@ def test_oversized_headers_get_431_before_the_key_check(monkeypatch):
     response = client.post("/v1/echo", json={}, headers={"X-Big": "a" * 40_000})
     assert response.status_code == 431 and response.json()["error"]["code"] == "headers_too_large"
     assert client.get("/health", headers={"X-Small": "a" * 1000}).status_code == 200
+
+
+def test_shardserve_run_refuses_an_api_key_secret_without_local_keys(monkeypatch):
+    import io
+
+    from shardserve.local import run_local
+    from shardserve.validation import parse_deployment
+
+    monkeypatch.delenv(KEYS_ENV, raising=False)
+    monkeypatch.delenv(KEYS_FILE_ENV, raising=False)
+    md = parse_deployment({
+        "apiVersion": "shardserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "keys"},
+        "spec": {"model": {"id": "tiny", "source": "builtin://tiny"}, "resources": {"accelerator": "cpu"},
+                 "serving": {"apiKeySecret": "keys"}},
+    }, source="test")
+    out = io.StringIO()
+    assert run_local(md, out=out) == 1
+    assert KEYS_ENV in out.getvalue() and KEYS_FILE_ENV in out.getvalue()

@@ -80,6 +80,10 @@ CASES = [
     ("unknown path", "GET", "/v1/nothing-here", None, None, 404, "not_found_error", None),
     ("GET on a POST route", "GET", CHAT, None, None, 405, "invalid_request_error", None),
     ("messages wrong type", "POST", CHAT, None, chat(messages="hi"), 400, "invalid_request_error", "messages"),
+    ("JSON nested 30000 deep", "POST", COMPLETIONS, None,
+     b'{"model": "tiny", "prompt": ' + b"[" * 30000 + b"]" * 30000 + b"}", 400, "invalid_request_error", None),
+    ("stream with a wrong key", "POST", CHAT, {"Authorization": "Bearer sk-first-012345678"}, chat(stream=True),
+     401, "authentication_error", None),
 ]
 
 
@@ -120,7 +124,7 @@ def test_bad_request_gets_a_clean_openai_error(guarded, case):
     assert "Traceback" not in text and "File \"" not in text and "Exception" not in text, text[:500]
     if status == 401:
         assert response.headers["www-authenticate"] == "Bearer"
-    print(f"\n  {name:40s} {status} {error_type} {error.get('param') or ''}")
+    print(f"\n  {name:36s} {status} {error_type:22s} {error.get('param') or '-':20s} {error['message'][:90]}")
 
 
 def test_after_the_bad_requests_a_normal_request_succeeds_and_health_is_ok(guarded):
