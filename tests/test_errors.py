@@ -58,3 +58,13 @@ def test_invalid_json_message():
 )
 def test_lone_surrogates(body, bad):
     assert (find_invalid_unicode(body) is not None) == bad
+
+
+def test_a_union_member_over_its_bound_is_reported_over_the_type_mismatch():
+    errors = [
+        {"type": "string_type", "loc": ("body", "stop", "str"), "msg": "Input should be a valid string"},
+        {"type": "too_long", "loc": ("body", "stop", "list[str]"),
+         "msg": "List should have at most 4 items after validation, not 10"},
+    ]
+    message, param = describe_validation_errors(errors)
+    assert param == "stop" and "at most 4 items" in message

@@ -65,6 +65,7 @@ def clean_engine_message(raw: str) -> tuple[str, Optional[str]]:
     return message, param
 
 
+_BOUND_ERRORS = {"too_long", "too_short", "greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "null"}
 
 
@@ -90,9 +91,12 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, Optio
         return "Invalid request body.", None
     if any(err.get("type") == "json_invalid" for err in errors):
         return "request body is not valid JSON", None
-    # A union reports one error per member type; the first per field reads best.
+    # A union reports one error per member type; the first per field reads best,
+    # except that a member whose type matched ("too long") says more than the
+    # ones whose type did not ("should be a valid string").
+    ranked = sorted(errors, key=lambda err: 0 if err.get("type") in _BOUND_ERRORS else 1)
     by_field: dict[Optional[str], str] = {}
-    for err in errors:
+    for err in ranked:
         by_field.setdefault(_field_path(err.get("loc", ())), str(err.get("msg", "invalid")))
     parts = [f"{field}: {msg}" if field else msg for field, msg in list(by_field.items())[:3]]
     return "; ".join(parts), next(iter(by_field))

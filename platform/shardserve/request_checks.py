@@ -48,7 +48,7 @@ class RequestLimits:
     max_request_bytes: int = 4 * 1024 * 1024
     max_tokens: Optional[int] = None
     max_n: int = 8
-    max_stop_sequences: int = 8
+    max_stop_sequences: int = 4
     max_messages: int = 512
     max_message_chars: int = 1_000_000
 

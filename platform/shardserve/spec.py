@@ -222,7 +222,10 @@ class ServingSpec(_Model):
         description="Largest max_tokens (max_completion_tokens) a request may ask for. Default: the context length.",
     )
     max_n: int = Field(default=8, ge=1, le=1024, description="Largest n (and best_of) a request may ask for.")
-    max_stop_sequences: int = Field(default=8, ge=0, le=1024, description="Most stop strings in one request.")
+    max_stop_sequences: int = Field(
+        default=4, ge=0, le=1024,
+        description="Most stop strings in one request (vLLM's own cap, VLLM_MAX_STOP_STRINGS, is 4 by default).",
+    )
     max_messages: int = Field(default=512, ge=1, le=100_000, description="Most chat messages in one request.")
     max_message_chars: int = Field(
         default=1_000_000, ge=1, le=100_000_000, description="Most characters of text in one chat message.",

@@ -22,7 +22,7 @@ MAX_BYTES = 64 * 1024
 SERVING = {
     "maxOngoingRequests": 8, "maxQueuedRequests": 32, "requestTimeoutSeconds": 120,
     "apiKeySecret": "local-keys", "maxRequestBytes": MAX_BYTES, "maxTokens": 1000, "maxN": 4,
-    "maxStopSequences": 4, "maxMessages": 8, "maxMessageChars": 4000,
+    "maxStopSequences": 2, "maxMessages": 8, "maxMessageChars": 4000,
 }
 AUTH = {"Authorization": f"Bearer {KEY_1}"}
 CHAT = "/v1/chat/completions"
@@ -66,7 +66,9 @@ CASES = [
     ("logprobs 50", "POST", COMPLETIONS, None, completion(logprobs=50), 400, "invalid_request_error", "logprobs"),
     ("top_logprobs 50", "POST", CHAT, None, chat(logprobs=True, top_logprobs=50), 400, "invalid_request_error",
      "top_logprobs"),
-    ("10 stop strings", "POST", COMPLETIONS, None, completion(stop=[f"s{i}" for i in range(10)]), 400,
+    ("3 stop strings (maxStopSequences 2)", "POST", COMPLETIONS, None, completion(stop=["a", "b", "c"]), 400,
+     "invalid_request_error", "stop"),
+    ("10 stop strings (vLLM's cap, 4)", "POST", CHAT, None, chat(stop=[f"s{i}" for i in range(10)]), 400,
      "invalid_request_error", "stop"),
     ("5000-char stop string", "POST", COMPLETIONS, None, completion(stop=["y" * 5000]), 400,
      "invalid_request_error", "stop[0]"),
