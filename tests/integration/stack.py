@@ -4,6 +4,7 @@ own session, ready when /health answers 200, stopped with SIGTERM."""
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -20,9 +21,18 @@ STOP_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port outside the kernel's ephemeral range and Ray's worker ports
+    (10002-19999): Ray's own processes take ephemeral ports while the stack
+    starts, and one of them could take ours before Serve's proxy binds it."""
+    for _ in range(200):
+        port = random.randrange(20000, 30000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-29999")
 
 
 def shardserve_command() -> list[str]:
