@@ -40,18 +40,10 @@ JSON_TYPES = ("application/json",)
 
 class ShardserveIngress(OpenAiIngress):
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        await _check_body(request)
-        try:
-            return await super().chat(body, request)
-        except BackPressureError:
-            return _queue_full()
+        return await _checked_call(super().chat, body, request)
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        await _check_body(request)
-        try:
-            return await super().completions(body, request)
-        except BackPressureError:
-            return _queue_full()
+        return await _checked_call(super().completions, body, request)
 
     async def health(self) -> JSONResponse:
         """200 when every model deployment answers its health check, else 503."""
@@ -64,6 +56,15 @@ class ShardserveIngress(OpenAiIngress):
             logger.warning("health check failed: %r", err)
             return JSONResponse(openai_error(503, "model replicas are not ready"), status_code=503)
         return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
+
+
+async def _checked_call(endpoint: Callable[..., Any], body: Any, request: Request) -> Response:
+    """Body checks first; a full queue becomes our 429 instead of Serve's plain 503."""
+    await _check_body(request)
+    try:
+        return await endpoint(body, request)
+    except BackPressureError:
+        return _queue_full()
 
 
 async def _check_body(request: Request) -> None:

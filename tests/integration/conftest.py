@@ -7,6 +7,8 @@ from tests.integration.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "manifests" / "examples" / "tiny-cpu.yaml"
+# The tiny model with a batch of 2: a few concurrent requests already queue.
+SMALL_BATCH_ENGINE = {"maxModelLen": 256, "dtype": "float32", "kvCacheMemory": "256Mi", "maxNumSeqs": 2}
 
 
 def write_spec(tmp_dir: Path, name: str, **spec_changes) -> Path:

@@ -15,7 +15,7 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import run_stack, write_spec
+from tests.integration.conftest import SMALL_BATCH_ENGINE, run_stack, write_spec
 from tests.integration.stack import shardserve_command
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ def autoscaled(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("autoscale")
     spec = write_spec(
         tmp, "autoscale",
-        engine={"maxModelLen": 256, "dtype": "float32", "kvCacheMemory": "256Mi", "maxNumSeqs": 2},
+        engine=SMALL_BATCH_ENGINE,
         replicas=None,
         autoscaling={"minReplicas": 1, "maxReplicas": 2, "targetQueueDepth": 2,
                      "upscaleDelaySeconds": 2, "downscaleDelaySeconds": 10},

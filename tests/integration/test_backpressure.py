@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.integration.conftest import run_stack, write_spec
+from tests.integration.conftest import SMALL_BATCH_ENGINE, run_stack, write_spec
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ def small_queue(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("backpressure")
     spec = write_spec(
         tmp, "backpressure",
-        engine={"maxModelLen": 256, "dtype": "float32", "kvCacheMemory": "256Mi", "maxNumSeqs": 2},
+        engine=SMALL_BATCH_ENGINE,
         serving={"maxOngoingRequests": 2, "maxQueuedRequests": 2, "requestTimeoutSeconds": 120},
     )
     yield from run_stack(spec, tmp)
