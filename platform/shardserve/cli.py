@@ -104,6 +104,12 @@ def _cmd_crd(args: argparse.Namespace) -> int:
     return 1 if stale else 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from shardserve.bench.command import run_from_args
+
+    return run_from_args(args)
+
+
 def _cmd_operator(args: argparse.Namespace) -> int:
     from shardserve_operator.main import run_from_args
 
@@ -153,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     operator = sub.add_parser("operator", help="run the Kubernetes operator (reconciles ModelDeployments)")
     add_operator_arguments(operator)
     operator.set_defaults(func=_cmd_operator)
+
+    from shardserve.bench.command import add_arguments as add_bench_arguments
+
+    bench = sub.add_parser("bench", help="load an OpenAI-compatible endpoint and report latency and throughput; "
+                                          "--compare FILE sets bare vLLM beside shardserve")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=_cmd_bench)
 
     engine_args = sub.add_parser("engine-args", help="check or regenerate the vLLM engine argument catalog")
     engine_args.add_argument("--write", action="store_true")
