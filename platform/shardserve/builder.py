@@ -25,6 +25,15 @@ INGRESS_CLS = "shardserve.ingress:ShardserveIngress"
 # collects a batch; 0 sends each engine output as soon as it exists.
 STREAM_BATCHING_INTERVAL_MS = 50
 
+# Serve's proxy answers its own plain-text 408 at its timeout; it waits a little
+# longer than the ingress, which answers an OpenAI-shaped 504 and stops the engine.
+PROXY_TIMEOUT_MARGIN_S = 5.0
+
+
+def build_proxy_timeout(md: ModelDeployment) -> float:
+    return md.spec.serving.request_timeout_seconds + PROXY_TIMEOUT_MARGIN_S
+
+
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60, "m": 1e-3}
 

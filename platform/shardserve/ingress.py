@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ray.llm._internal.serve.core.configs.openai_api_models import (
@@ -31,6 +31,7 @@ from ray.serve.exceptions import BackPressureError
 from shardserve.api_keys import KeyStore, bearer_token, key_matches, keys_configured
 from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
 from shardserve.request_checks import RequestLimits, find_invalid_unicode, find_limit_violation
+from shardserve.request_lifetime import TrackedHandle, cancel_calls, stream_until, timeout_message, tracking_calls
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
@@ -44,6 +45,10 @@ class ShardserveIngress(OpenAiIngress):
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         return await _checked_call(super().completions, body, request)
+
+    def _get_configured_serve_handle(self, model_id: str) -> Any:
+        # Calls through this handle can be cancelled when their request ends early.
+        return TrackedHandle(super()._get_configured_serve_handle(model_id))
 
     async def health(self) -> JSONResponse:
         """200 when every model deployment answers its health check, else 503."""
@@ -59,12 +64,27 @@ class ShardserveIngress(OpenAiIngress):
 
 
 async def _checked_call(endpoint: Callable[..., Any], body: Any, request: Request) -> Response:
-    """Body checks first; a full queue becomes our 429 instead of Serve's plain 503."""
+    """Body checks first; a full queue becomes our 429 instead of Serve's plain 503;
+    past the request timeout the client gets a 504 and the engine stops generating."""
     await _check_body(request)
-    try:
-        return await endpoint(body, request)
-    except BackPressureError:
-        return _queue_full()
+    limits = getattr(request.app.state, "limits", None)
+    timeout_s = limits.request_timeout_seconds if limits else None
+    deadline = asyncio.get_running_loop().time() + timeout_s if timeout_s else None
+    with tracking_calls() as calls:
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await endpoint(body, request)
+        except BackPressureError:
+            return _queue_full()
+        except TimeoutError:
+            cancel_calls(calls)
+            return _error_response(504, timeout_message(timeout_s), code="request_timeout")
+        except BaseException:  # an error, or the client went away before the first token
+            cancel_calls(calls)
+            raise
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = stream_until(response.body_iterator, deadline, timeout_s, calls)
+    return response
 
 
 async def _check_body(request: Request) -> None:

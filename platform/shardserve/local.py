@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, TextIO
 
+from shardserve.builder import build_proxy_timeout
 from shardserve.placement import placement_for
 from shardserve.spec import ModelDeployment
 
@@ -134,7 +135,7 @@ def run_local(
             http_options={
                 "host": options.host,
                 "port": port,
-                "request_timeout_s": md.spec.serving.request_timeout_seconds,
+                "request_timeout_s": build_proxy_timeout(md),
             },
         )
         print(f"shardserve: deploying {name} (model {md.spec.model.id}, "

@@ -51,6 +51,7 @@ class RequestLimits:
     max_stop_sequences: int = 4
     max_messages: int = 512
     max_message_chars: int = 1_000_000
+    request_timeout_seconds: Optional[float] = None
 
     @classmethod
     def from_serving(cls, serving: Any) -> "RequestLimits":

@@ -21,9 +21,10 @@ def write_spec(tmp_dir: Path, name: str, **spec_changes) -> Path:
     return path
 
 
-def run_stack(spec_file: Path, log_dir: Path, env: dict | None = None):
-    """Starts a stack (with extra environment `env`); yields it; on teardown checks it stopped cleanly."""
-    stack = LocalStack(spec_file, log_dir / f"{spec_file.stem}.log", env=env).start()
+def run_stack(spec_file: Path, log_dir: Path, env: dict | None = None, args: tuple[str, ...] = ()):
+    """Starts a stack (with extra environment `env` and `shardserve run` arguments `args`);
+    yields it; on teardown checks it stopped cleanly."""
+    stack = LocalStack(spec_file, log_dir / f"{spec_file.stem}.log", env=env, args=args).start()
     yield stack
     status = stack.stop()
     assert status == 0, stack.log()[-3000:]

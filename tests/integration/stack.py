@@ -41,9 +41,11 @@ def shardserve_command() -> list[str]:
 
 
 class LocalStack:
-    def __init__(self, spec_file: Path, log_file: Path, port: Optional[int] = None, env: Optional[dict] = None):
+    def __init__(self, spec_file: Path, log_file: Path, port: Optional[int] = None, env: Optional[dict] = None,
+                 args: tuple[str, ...] = ()):
         self.spec_file = spec_file
         self.env = env  # extra environment for `shardserve run`
+        self.args = args  # extra arguments for `shardserve run`
         self.log_file = log_file
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -57,7 +59,7 @@ class LocalStack:
         started = time.monotonic()
         with open(self.log_file, "wb") as out:
             self.process = subprocess.Popen(
-                [*shardserve_command(), "run", str(self.spec_file), "--port", str(self.port)],
+                [*shardserve_command(), "run", str(self.spec_file), "--port", str(self.port), *self.args],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 env={**os.environ, **self.env} if self.env else None,
             )

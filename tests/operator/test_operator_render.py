@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shardserve.builder import PVC_MOUNT_ROOT
+from shardserve.builder import PROXY_TIMEOUT_MARGIN_S, PVC_MOUNT_ROOT
 from shardserve.placement import placement_for
 from shardserve.validation import load_file, parse_deployment
 
@@ -29,7 +29,7 @@ from shardserve_operator.render import (
     render_children,
     render_yaml,
 )
-from shardserve_operator.render.rayservice import APP_IMPORT_PATH
+from shardserve_operator.render.rayservice import APP_IMPORT_PATH, HEAD_PORTS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -104,7 +104,8 @@ def test_serve_config_args_round_trip_through_the_runtime_parser(case):
     assert config["http_options"] == {
         "host": "0.0.0.0",
         "port": md.spec.serving.port,
-        "request_timeout_s": md.spec.serving.request_timeout_seconds,
+        # The proxy waits a little past the ingress, whose 504 is OpenAI-shaped.
+        "request_timeout_s": md.spec.serving.request_timeout_seconds + PROXY_TIMEOUT_MARGIN_S,
     }
 
 
@@ -221,6 +222,24 @@ def test_service_selects_serving_pods_and_follows_the_active_cluster():
     assert pod_labels[naming.LABEL_MODEL_DEPLOYMENT] == "tiny"
     port = plain["spec"]["ports"][0]
     assert port["port"] == port["targetPort"] == 8000
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_only_the_openai_port_is_reachable_through_service_and_ingress(case):
+    """The dashboard, job API, client and GCS ports stay inside the cluster network."""
+    objects = by_kind(render_case(case))
+    serve_port = load_file(CASES[case]).spec.serving.port
+    ray_ports = {port for _, port in HEAD_PORTS}
+    service_ports = objects["Service"]["spec"]["ports"]
+    assert [(p["port"], p["targetPort"]) for p in service_ports] == [(serve_port, serve_port)]
+    assert serve_port not in ray_ports
+    ingress = objects.get("Ingress")
+    if ingress:
+        backends = [path["backend"]["service"] for rule in ingress["spec"]["rules"] for path in rule["http"]["paths"]]
+        assert backends == [{"name": objects["Service"]["metadata"]["name"], "port": {"number": serve_port}}]
+    cluster = objects["RayService"]["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token"}
+    assert objects["RayService"]["spec"]["excludeHeadPodFromServeSvc"] is True
 
 
 def test_ingress_only_when_set_and_routes_to_the_service():

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import yaml
 
 from shardserve.api_keys import KEYS_FILE_ENV
-from shardserve.builder import APP_IMPORT_PATH, PVC_MOUNT_ROOT, parse_quantity
+from shardserve.builder import APP_IMPORT_PATH, PVC_MOUNT_ROOT, build_proxy_timeout, parse_quantity
 from shardserve.placement import Placement, placement_for
 from shardserve.spec import ModelDeployment
 
@@ -64,7 +64,7 @@ def build_serve_config(md: ModelDeployment) -> str:
         "http_options": {
             "host": "0.0.0.0",
             "port": serving.port,
-            "request_timeout_s": serving.request_timeout_seconds,
+            "request_timeout_s": build_proxy_timeout(md),
         },
         "applications": [
             {
@@ -120,6 +120,8 @@ def build_head_group(md: ModelDeployment, options: RenderOptions) -> dict[str, A
         pod_spec["volumes"] = volumes
     return {
         # No logical CPUs: replicas and the ingress never schedule on the head.
+        # The dashboard listens on the pod network because KubeRay drives Serve
+        # through it; only the NetworkPolicy's KubeRay rule and the token reach it.
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
         "template": {
             "metadata": {"labels": naming.build_pod_labels(md.metadata.name)},
@@ -223,6 +225,11 @@ def build_rayservice(md: ModelDeployment, options: RenderOptions) -> dict[str, A
             "serveConfigV2": build_serve_config(md),
             "rayClusterConfig": {
                 "rayVersion": options.ray_version,
+                # Ray's token authentication (Ray >= 2.52): KubeRay generates
+                # the token Secret, hands it to every Ray process and uses it
+                # for its own dashboard calls. The dashboard and job API run
+                # code for anyone who reaches them; with this they need the token.
+                "authOptions": {"mode": "token"},
                 # Ray's autoscaler adds worker pods when Serve asks for more
                 # replicas than fit, within the worker group's bounds.
                 "enableInTreeAutoscaling": True,

@@ -1,0 +1,102 @@
+"""A request's lifetime at the ingress: a stream passes until the deadline,
+then one OpenAI-shaped error event ends it; a stream that ends early cancels
+the model calls feeding it."""
+
+import asyncio
+import json
+
+import pytest
+
+from shardserve.request_lifetime import TrackedHandle, stream_until, tracking_calls
+
+
+class Upstream:
+    """An SSE chunk source that records whether it was closed (the replica's stream)."""
+
+    def __init__(self, n: int, gap_s: float):
+        self.n, self.gap_s = n, gap_s
+        self.sent = 0
+        self.closed = False
+
+    async def chunks(self):
+        try:
+            for i in range(self.n):
+                await asyncio.sleep(self.gap_s)
+                self.sent += 1
+                yield f"data: {i}\n\n"
+        finally:
+            self.closed = True
+
+
+class Call:
+    """Stands in for a Serve DeploymentResponseGenerator: only cancel() matters here."""
+
+    def __init__(self):
+        self.cancelled = False
+
+    def cancel(self):
+        self.cancelled = True
+
+
+async def collect(upstream: Upstream, timeout_s: float, calls=()) -> list[str]:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    return [chunk async for chunk in stream_until(upstream.chunks(), deadline, timeout_s, list(calls))]
+
+
+@pytest.mark.asyncio
+async def test_a_stream_within_the_deadline_passes_unchanged():
+    upstream, call = Upstream(5, 0.001), Call()
+    assert await collect(upstream, timeout_s=5, calls=[call]) == [f"data: {i}\n\n" for i in range(5)]
+    assert upstream.closed
+    assert not call.cancelled, "a finished stream needs no cancel"
+
+
+@pytest.mark.asyncio
+async def test_a_stream_past_the_deadline_ends_with_a_504_event_and_closes_upstream():
+    upstream, call = Upstream(1000, 0.01), Call()
+    chunks = await collect(upstream, timeout_s=0.1, calls=[call])
+    assert 3 <= len(chunks) - 1 < 20
+    assert all(c.startswith("data: ") and c.endswith("\n\n") for c in chunks)
+    last = chunks[-1]
+    event, done = last.split("\n\n")[:2]
+    error = json.loads(event.removeprefix("data: "))["error"]
+    assert error["code"] == "request_timeout" and error["type"] == "timeout_error"
+    assert "0.1s" in error["message"]
+    assert done == "data: [DONE]"
+    assert upstream.closed and call.cancelled
+    sent = upstream.sent
+    await asyncio.sleep(0.05)
+    assert upstream.sent == sent, "the upstream kept producing after the timeout"
+
+
+@pytest.mark.asyncio
+async def test_a_consumer_that_stops_early_closes_upstream():
+    upstream, call = Upstream(1000, 0.001), Call()
+    deadline = asyncio.get_running_loop().time() + 5
+    stream = stream_until(upstream.chunks(), deadline, 5, [call])
+    assert await anext(stream) == "data: 0\n\n"
+    await stream.aclose()  # what Starlette does when the client disconnects
+    assert upstream.closed and call.cancelled
+
+
+class Handle:
+    """Stands in for a Serve DeploymentHandle."""
+
+    def options(self, **_):
+        return self
+
+    def __getattr__(self, method):
+        return self
+
+    def remote(self, *args):
+        return ("response", args)
+
+
+def test_calls_through_a_tracked_handle_join_the_current_request_only():
+    handle = TrackedHandle(Handle())
+    assert handle.options(stream=True).chat.remote(1) == ("response", (1,))  # outside a request: not recorded
+    with tracking_calls() as calls:
+        handle.options(stream=True).chat.remote(2)
+        handle.completions.options(stream=True).remote(3)
+    handle.chat.remote(4)
+    assert calls == [("response", (2,)), ("response", (3,))]
