@@ -186,6 +186,7 @@ def apply_events(kube: Kube, md: Mapping[str, Any], records: Sequence[EventRecor
         try:
             kube.request("POST", EVENT.path(md["metadata"]["namespace"]), body)
             posted += 1
+            kube.metrics.count_event(record.type, record.reason)
         except ApiException as err:
             log.warning("could not post event %s for %s: %s", record.reason, md["metadata"]["name"], err.reason)
     return posted

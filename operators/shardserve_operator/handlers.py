@@ -17,21 +17,32 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import time
 from typing import Any, Mapping, Optional
 
 import kopf
 
 from shardserve_operator import naming
 from shardserve_operator.kube import CHILD_KINDS, MODEL_DEPLOYMENT, Kind, Kube
+from shardserve_operator.metrics import ManagedState, compute_child_counts
 from shardserve_operator.observe import read_model_deployment
-from shardserve_operator.reconcile import ReconcileResult, fingerprint_of, reconcile, retry_later
+from shardserve_operator.reconcile import (
+    ReconcileResult,
+    compute_error_reason,
+    fingerprint_of,
+    reconcile,
+    retry_later,
+)
 from shardserve_operator.settings import OperatorSettings
+from shardserve_operator.status import READY, find_condition
 
 log = logging.getLogger(__name__)
 
 # A child event's reconcile gives up after this many failed attempts; the
 # next event (or the ModelDeployment's own handler) starts over.
 CHILD_EVENT_ATTEMPTS = 8
+# The trigger label of a reconcile the ModelDeployment's own change (or resume) started.
+OWN_TRIGGER = "modeldeployment"
 
 
 class Controller:
@@ -45,6 +56,8 @@ class Controller:
         self._seen: dict[tuple[str, str, Kind], str] = {}
         self._not_before: dict[tuple[str, str], float] = {}
         self._reconciled: set[tuple[str, str]] = set()
+        # Every watched ModelDeployment -> the status of its Ready condition.
+        self._ready: dict[tuple[str, str], str] = {}
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
@@ -57,7 +70,7 @@ class Controller:
             else:
                 self._seen.pop(key, None)
 
-    async def _run(self, body: Mapping[str, Any], attempt: int) -> ReconcileResult:
+    async def _run(self, body: Mapping[str, Any], attempt: int, trigger: str) -> ReconcileResult:
         """Reconciles in a worker thread; the caller holds the object's lock.
 
         A backoff (or a server's Retry-After) holds for every trigger of the
@@ -71,12 +84,16 @@ class Controller:
             await asyncio.sleep(wait)
         self.reconciles += 1
         self._reconciled.add(key)
+        started = time.monotonic()
         try:
             result = await asyncio.to_thread(reconcile, self.kube, copy.deepcopy(dict(body)), self.settings,
                                              attempt=attempt)
-        except kopf.TemporaryError as err:
-            self._not_before[key] = loop.time() + (err.delay or 0.0)
+        except Exception as err:
+            self.kube.metrics.observe_reconcile(trigger, time.monotonic() - started, compute_error_reason(err))
+            if isinstance(err, kopf.TemporaryError):
+                self._not_before[key] = loop.time() + (err.delay or 0.0)
             raise
+        self.kube.metrics.observe_reconcile(trigger, time.monotonic() - started)
         self._not_before.pop(key, None)
         self._remember(meta["namespace"], meta["name"], result)
         return result
@@ -84,7 +101,7 @@ class Controller:
     async def reconcile_body(self, body: Mapping[str, Any], attempt: int = 0) -> ReconcileResult:
         meta = body["metadata"]
         async with self._lock(meta["namespace"], meta["name"]):
-            return await self._run(body, attempt)
+            return await self._run(body, attempt, OWN_TRIGGER)
 
     async def on_child_event(self, kind: Kind, child: Mapping[str, Any], event_type: Optional[str]) -> None:
         """Reconciles the child's owner, read afresh, unless the event is our own echo."""
@@ -101,7 +118,7 @@ class Controller:
                     body = await asyncio.to_thread(read_model_deployment, self.kube, namespace, owner)
                     if body is None:
                         return  # deleted; garbage collection removes the children
-                    await self._run(body, attempt)
+                    await self._run(body, attempt, kind.kind.lower())
                     return
                 except kopf.PermanentError:
                     return  # reported in status; waits for a new spec
@@ -113,9 +130,21 @@ class Controller:
             await asyncio.sleep(delay)
         log.warning("gave up reconciling %s/%s after %d attempts", namespace, owner, CHILD_EVENT_ATTEMPTS)
 
+    def watch(self, body: Mapping[str, Any]) -> None:
+        """Notes a ModelDeployment the watch reported, with the status of its Ready condition."""
+        meta = body["metadata"]
+        ready = find_condition((body.get("status") or {}).get("conditions"), READY)
+        self._ready[(meta["namespace"], meta["name"])] = str((ready or {}).get("status") or "Unknown")
+
+    def managed_state(self, leading: bool) -> ManagedState:
+        """What the metrics' gauges show: the watched ModelDeployments and their children."""
+        children = compute_child_counts([kind.kind for kind in CHILD_KINDS], [kind.kind for (_, _, kind) in self._seen])
+        return ManagedState(leading=leading, ready=dict(self._ready), children=children)
+
     def forget(self, namespace: str, name: str) -> None:
         """Drops what is remembered about a deleted ModelDeployment."""
         key = (namespace, name)
+        self._ready.pop(key, None)
         self._reconciled.discard(key)
         self._not_before.pop(key, None)
         for kind in CHILD_KINDS:
@@ -153,10 +182,13 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
 
     # Deletion needs no handler (owner references let the garbage collector
     # remove the children) and so no finalizer; only the memory is dropped.
+    # Every other event (the initial listing too) keeps the metrics' view current.
     @kopf.on.event(**md, registry=registry, id="forget")
     async def model_deployment_event(body: kopf.Body, type: Optional[str], **_: Any) -> None:
         if type == "DELETED":
             controller.forget(body["metadata"]["namespace"], body["metadata"]["name"])
+        else:
+            controller.watch(body)
 
     for child_kind in CHILD_KINDS:
         _register_child(registry, controller, child_kind)

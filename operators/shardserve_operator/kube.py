@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from shardserve_operator.metrics import OperatorMetrics
 
 REQUEST_TIMEOUT = (5, 30)  # seconds: connect, read
 
@@ -74,6 +77,23 @@ def _plural_of(path: str) -> str:
     return parts[-1] if parts else ""
 
 
+def compute_request_kind(method: str, path: str) -> tuple[str, str]:
+    """(Kubernetes verb, resource[/subresource]) of a request, as RBAC and the API server's metrics name them.
+
+    'GET /api/v1/namespaces/ns/services' -> ('list', 'services');
+    'PATCH /apis/g/v/namespaces/ns/things/x/status' -> ('patch', 'things/status').
+    """
+    parts = path.split("?")[0].strip("/").split("/")
+    rest = parts[2:] if parts[:1] == ["api"] else parts[3:]
+    if len(rest) > 2 and rest[0] == "namespaces":
+        rest = rest[2:]
+    resource = "/".join(rest[:1] + rest[2:3])
+    named = len(rest) > 1
+    verb = {"GET": "get" if named else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
+            "DELETE": "delete" if named else "deletecollection"}.get(method.upper(), method.lower())
+    return verb, resource
+
+
 def retry_after_seconds(error: ApiException) -> Optional[float]:
     """The server's Retry-After (seconds form), if it sent one."""
     headers = error.headers or {}
@@ -100,10 +120,11 @@ def build_api_client(server: Optional[str] = None) -> client.ApiClient:
 
 
 class Kube:
-    """Thread-safe JSON requests; counts calls per (method, plural) for logs and tests."""
+    """Thread-safe JSON requests; counts calls per (method, plural) for logs and tests, and in the metrics."""
 
-    def __init__(self, api_client: client.ApiClient):
+    def __init__(self, api_client: client.ApiClient, metrics: Optional[OperatorMetrics] = None):
         self.api_client = api_client
+        self.metrics = metrics or OperatorMetrics()
         self.calls: Counter[tuple[str, str]] = Counter()
         self._lock = threading.Lock()
 
@@ -124,8 +145,15 @@ class Kube:
         )
         with self._lock:
             self.calls[(method, _plural_of(path))] += 1
-        response = self.api_client.call_api(method_, url, headers, body_, post, _request_timeout=REQUEST_TIMEOUT)
-        response.read()
+        verb, resource = compute_request_kind(method, path)
+        started = time.monotonic()
+        try:
+            response = self.api_client.call_api(method_, url, headers, body_, post, _request_timeout=REQUEST_TIMEOUT)
+            response.read()
+        except Exception:  # no HTTP answer: refused, reset, timed out
+            self.metrics.observe_api_request(verb, resource, "error", time.monotonic() - started)
+            raise
+        self.metrics.observe_api_request(verb, resource, str(response.status), time.monotonic() - started)
         if not 200 <= response.status <= 299:
             raise ApiException.from_response(http_resp=response, body=response.data.decode("utf-8", "replace"), data=None)
         return json.loads(response.data) if response.data else {}

@@ -24,8 +24,9 @@ from shardserve.spec import API_GROUP
 
 from shardserve_operator.handlers import Controller, register
 from shardserve_operator.health import Health, HealthServer, Phase
-from shardserve_operator.kube import Kube, build_api_client
+from shardserve_operator.kube import CHILD_KINDS, Kube, build_api_client
 from shardserve_operator.leader import LeaseElector
+from shardserve_operator.metrics import ManagedState, OperatorMetrics
 from shardserve_operator.settings import OperatorSettings, add_arguments, from_args
 
 log = logging.getLogger("shardserve_operator")
@@ -57,18 +58,26 @@ def _register_login(registry: kopf.OperatorRegistry, settings: OperatorSettings)
 
 
 class Operator:
-    """One operator process: health server, leader election, kopf."""
+    """One operator process: health server (and /metrics), leader election, kopf."""
 
     def __init__(self, settings: OperatorSettings):
         self.settings = settings
         self.health = Health()
-        self.health_server = HealthServer(self.health, settings.health_host, settings.health_port)
+        self.metrics = OperatorMetrics(self.read_managed_state, [kind.kind for kind in CHILD_KINDS])
+        self.health_server = HealthServer(self.health, settings.health_host, settings.health_port, self.metrics)
         self.controller: Optional[Controller] = None
         self.kube: Optional[Kube] = None
         self._stop = asyncio.Event()
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def read_managed_state(self) -> ManagedState:
+        """The gauges' view at scrape time (runs on the event loop, as the handlers do)."""
+        leading = self.health.phase == Phase.LEADING and self.health.kopf_ready
+        if self.controller is None:
+            return ManagedState(leading=leading)
+        return self.controller.managed_state(leading)
 
     def _take_signals(self) -> None:
         """SIGINT/SIGTERM -> request_stop, so shutdown always releases the Lease.
@@ -90,7 +99,7 @@ class Operator:
         self._take_signals()
         await self.health_server.start()
         api_client = build_api_client(self.settings.api_server)
-        self.kube = Kube(api_client)
+        self.kube = Kube(api_client, self.metrics)
         elector: Optional[LeaseElector] = None
         try:
             if self.settings.leader_election.enabled:

@@ -40,6 +40,32 @@ APPLY_FAILED_AFTER = 3
 _TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
 
 
+class InvalidSpecError(kopf.PermanentError):
+    """The spec failed validation; only a new generation can fix it."""
+
+
+class NotOwnedError(kopf.TemporaryError):
+    """A child's name is taken by an object this ModelDeployment does not control."""
+
+
+def compute_error_reason(err: BaseException) -> str:
+    """Why a reconcile failed, as one of metrics.ERROR_REASONS (a bounded label)."""
+    if isinstance(err, InvalidSpecError):
+        return "invalid_spec"
+    if isinstance(err, NotOwnedError):
+        return "not_owned"
+    cause = err.__cause__ if isinstance(err, (kopf.TemporaryError, kopf.PermanentError)) else err
+    if isinstance(cause, ApiException):
+        status = cause.status or 0
+        if status >= 500:
+            return "server_error"
+        return {409: "conflict", 429: "throttled", 408: "timeout", 404: "not_found",
+                403: "forbidden"}.get(status, "rejected" if 400 <= status < 500 else "transport")
+    if isinstance(cause, _TRANSPORT_ERRORS):
+        return "transport"
+    return "other"
+
+
 def compute_retry_delay(
     attempt: int, *, base: float, cap: float, retry_after: Optional[float] = None, jitter: float = 0.0
 ) -> float:
@@ -141,7 +167,7 @@ def reconcile(
         with retried(attempt, settings):
             _write_status(kube, body, previous, status, now)
         # Not retried: only a new spec (a new generation) can fix it.
-        raise kopf.PermanentError("invalid spec: " + "; ".join(err.problems)) from None
+        raise InvalidSpecError("invalid spec: " + "; ".join(err.problems)) from None
 
     desired = render_children(md, settings.render_options(), owner_uid=uid, active_cluster=find_active_cluster(ours))
     try:
@@ -174,7 +200,7 @@ def reconcile(
                  "written" if written else "unchanged")
     if report.not_owned:
         # Nothing announces when the name is freed; look again later.
-        raise kopf.TemporaryError("; ".join(report.not_owned), delay=settings.conflict_retry_seconds)
+        raise NotOwnedError("; ".join(report.not_owned), delay=settings.conflict_retry_seconds)
     return result
 
 

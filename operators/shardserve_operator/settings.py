@@ -128,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "$SHARDSERVE_NAMESPACES, else every namespace")
     scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
     parser.add_argument("--default-image", help="Ray image when a spec sets none ($SHARDSERVE_DEFAULT_IMAGE)")
-    parser.add_argument("--health-port", type=int, help="port of /healthz and /readyz "
+    parser.add_argument("--health-port", type=int, help="port of /healthz, /readyz and /metrics "
                                                         "($SHARDSERVE_HEALTH_PORT, default 8080)")
     parser.add_argument("--no-leader-election", action="store_true",
                         help="act without holding the Lease (one replica only)")

@@ -21,8 +21,10 @@ Condition types and reasons, all in one place:
   Ready             True   Serving                  the three above are True
                     False  InvalidSpec, ResourcesNotApplied, ServeNotReady  (the first that is not True)
 
-Events: one per condition flip (reason as above), and `Scaled` when the
-replica count the autoscaler asks for changes.
+Events: one per condition transition, a flip of its status or a new reason
+while the status stays (so Initializing -> ApplicationDeployFailed is
+reported too), with the condition's reason; and `Scaled` when the replica
+count the autoscaler asks for changes.
 
 Every condition carries observedGeneration; lastTransitionTime moves only
 when its status flips, so rewriting a reason or message does not reset it.
@@ -238,12 +240,13 @@ def compute_status(
 
 
 def compute_events(previous: Optional[Mapping[str, Any]], new: Mapping[str, Any]) -> list[EventRecord]:
-    """One event per condition whose status flipped (or appeared)."""
+    """One event per condition that appeared, flipped its status, or changed its reason."""
     records = []
     for type_ in CONDITION_TYPES:
         now_ = find_condition(new.get("conditions"), type_)
         before = find_condition((previous or {}).get("conditions"), type_)
-        if now_ is None or (before is not None and before.get("status") == now_.get("status")):
+        if now_ is None or (before is not None and (before.get("status"), before.get("reason"))
+                            == (now_.get("status"), now_.get("reason"))):
             continue
         fell = now_["status"] == "False" and (
             (before is not None and before.get("status") == "True") or now_["reason"] in FAILURE_REASONS)

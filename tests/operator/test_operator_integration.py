@@ -349,3 +349,17 @@ async def test_deleted_model_deployment_is_forgotten(cluster, operator):
     await eventually(lambda: ("default", "tiny") not in operator.controller._reconciled, 10, "forgotten")
     assert not operator.controller._seen
     assert cluster.emulator.get("shardserve.dev/v1alpha1/modeldeployments", "default", "tiny") is None
+
+
+async def test_deploy_failure_while_not_ready_posts_a_warning(cluster, operator):
+    """ServeReady stays False but its reason changes: that transition is an Event too."""
+    await cluster.create_md(tiny_document())
+    await converged(cluster)
+    path = RS_PATH.format(ns="default") + "/tiny/status"
+    await cluster.patch(path, {"status": ready_status(app="DEPLOYING", ready="False", reason="Initializing")})
+    await eventually(lambda: cluster.condition("tiny", "ServeReady")["reason"] == "ApplicationDeploying", 10,
+                     "ApplicationDeploying")
+    await eventually(lambda: "ApplicationDeploying" in {e["reason"] for e in cluster.events()}, 10, "its event")
+    await cluster.patch(path, {"status": ready_status(app="DEPLOY_FAILED", ready="False", reason="Initializing")})
+    await eventually(lambda: [e["reason"] for e in cluster.events() if e["type"] == "Warning"]
+                     == ["ApplicationDeployFailed"], 10, "a Warning for the failed deploy")

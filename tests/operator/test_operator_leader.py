@@ -36,6 +36,10 @@ async def test_one_leader_acts_and_a_standby_takes_over_when_it_stops(cluster):
         assert lease["spec"]["holderIdentity"] == "first"
         async with cluster.session.get(f"http://127.0.0.1:{second.operator.health_server.port}/readyz") as response:
             assert (response.status, (await response.text()).strip()) == (200, "standby")
+        # Both replicas serve /metrics; only the leader says so.
+        for running, leading in ((first, "1.0"), (second, "0.0")):
+            async with cluster.session.get(f"http://127.0.0.1:{running.operator.health_server.port}/metrics") as response:
+                assert f"\nshardserve_operator_leader {leading}\n" in await response.text()
 
         await cluster.create_md(tiny_document("one"))
         await eventually(lambda: cluster.service("one"), 10, "children from the leader")

@@ -200,3 +200,23 @@ def test_scaled_event_when_the_replica_count_changes():
     assert down.message.startswith("scaled down from 2 to 1")
     assert compute_events(after, after) == []
     assert [e.reason for e in compute_events(None, after)] == []  # the first status is no scaling
+
+
+def test_events_when_a_reason_changes_while_the_status_stays():
+    deploying = compute_status(TINY, rayservice(ready="False", reason="Initializing", app="DEPLOYING"), 1,
+                               name="tiny", namespace="default", now=T0)
+    failed = compute_status(TINY, rayservice(ready="False", reason="Initializing", app="DEPLOY_FAILED",
+                                             message="no node fits"), 1,
+                            name="tiny", namespace="default", now=T0, previous=deploying)
+    # ServeReady stays False with a new reason: a Warning. Ready keeps its reason (ServeNotReady): nothing.
+    events = compute_events(deploying, failed)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "ApplicationDeployFailed")]
+    assert events[0].message == "ServeReady is False: no node fits"
+    # A new message alone is no transition.
+    reworded = compute_status(TINY, rayservice(ready="False", reason="Initializing", app="DEPLOY_FAILED",
+                                               message="still no node fits"), 1,
+                              name="tiny", namespace="default", now=T0, previous=failed)
+    assert compute_events(failed, reworded) == []
+    # Progress while not ready is a Normal event.
+    waiting = compute_status(TINY, rayservice(), 1, name="tiny", namespace="default", now=T0)
+    assert [(e.type, e.reason) for e in compute_events(waiting, deploying)] == [("Normal", "ApplicationDeploying")]

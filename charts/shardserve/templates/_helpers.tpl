@@ -92,3 +92,12 @@ tests/cluster/test_rbac.py, which runs the operator and compares.
 {{- $names := .Values.networkPolicy.namespaces | default .Values.watchNamespaces | default (list "default") }}
 {{- toJson $names }}
 {{- end }}
+
+{{/* Ray pods of ModelDeployments (labels from the operator's naming.build_pod_labels). */}}
+{{- define "shardserve.rayPodSelector" -}}
+matchLabels:
+  app.kubernetes.io/name: shardserve
+matchExpressions:
+  - key: shardserve.dev/model-deployment
+    operator: Exists
+{{- end }}
