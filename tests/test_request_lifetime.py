@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from shardserve.request_lifetime import TrackedHandle, stream_until, tracking_calls
+from shardserve.request_lifetime import TrackedHandle, failure_of, stream_until, tracking_calls
 
 
 class Upstream:
@@ -77,6 +77,25 @@ async def test_a_consumer_that_stops_early_closes_upstream():
     assert await anext(stream) == "data: 0\n\n"
     await stream.aclose()  # what Starlette does when the client disconnects
     assert upstream.closed and call.cancelled
+
+
+@pytest.mark.asyncio
+async def test_an_upstream_failure_ends_the_stream_with_an_error_event_not_a_broken_connection():
+    from ray.exceptions import ActorDiedError
+
+    async def dies():
+        yield "data: 0\n\n"
+        raise ActorDiedError()
+
+    call = Call()
+    deadline = asyncio.get_running_loop().time() + 5
+    chunks = [c async for c in stream_until(dies(), deadline, 5, [call])]
+    assert chunks[0] == "data: 0\n\n"
+    event, done = chunks[1].split("\n\n")[:2]
+    error = json.loads(event.removeprefix("data: "))["error"]
+    assert (error["type"], error["code"]) == ("service_unavailable_error", "replica_failed")
+    assert done == "data: [DONE]" and call.cancelled
+    assert failure_of(RuntimeError("boom"))[0] == 500
 
 
 class Handle:

@@ -43,7 +43,9 @@ def test_within_bounds_or_wrong_types_pass(body):
 
 
 def test_limits_come_from_the_serving_spec():
-    serving = ServingSpec.model_validate({"maxN": 2, "maxRequestBytes": 2048, "maxTokens": 64})
+    serving = ServingSpec.model_validate({"maxN": 2, "maxRequestBytes": 2048, "maxTokens": 64,
+                                          "requestTimeoutSeconds": 30})
     limits = RequestLimits.from_serving(serving)
     assert (limits.max_n, limits.max_request_bytes, limits.max_tokens) == (2, 2048, 64)
-    assert RequestLimits.from_serving(ServingSpec()) == RequestLimits()
+    assert limits.request_timeout_seconds == 30
+    assert RequestLimits.from_serving(ServingSpec()) == RequestLimits(request_timeout_seconds=600)

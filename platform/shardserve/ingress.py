@@ -26,12 +26,15 @@ from ray.llm._internal.serve.core.ingress.ingress import (
     make_fastapi_ingress,
 )
 from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError
 
 from shardserve.api_keys import KeyStore, bearer_token, key_matches, keys_configured
 from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
 from shardserve.request_checks import RequestLimits, find_invalid_unicode, find_limit_violation
-from shardserve.request_lifetime import TrackedHandle, cancel_calls, stream_until, timeout_message, tracking_calls
+from shardserve.request_lifetime import (
+    TrackedHandle, cancel_calls, failure_of, stream_until, timeout_message, tracking_calls,
+)
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0
@@ -79,6 +82,10 @@ async def _checked_call(endpoint: Callable[..., Any], body: Any, request: Reques
         except TimeoutError:
             cancel_calls(calls)
             return _error_response(504, timeout_message(timeout_s), code="request_timeout")
+        except RayActorError as err:  # the replica died under the request
+            logger.error("model call failed: %r", err)
+            status, message, code = failure_of(err)
+            return _error_response(status, message, code=code)
         except BaseException:  # an error, or the client went away before the first token
             cancel_calls(calls)
             raise

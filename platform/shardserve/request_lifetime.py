@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, AsyncIterator, Iterator, Optional
 
-from shardserve.errors import openai_error
+from ray.exceptions import RayActorError
+
+from shardserve.errors import INTERNAL_MESSAGE, openai_error
+
+logger = logging.getLogger(__name__)
+REPLICA_FAILED_MESSAGE = "the model replica serving this request failed; retry the request"
 
 _calls: ContextVar[Optional[list[Any]]] = ContextVar("shardserve_model_calls", default=None)
 
@@ -70,14 +76,21 @@ def timeout_message(timeout_s: float) -> str:
     return f"the request took longer than the server's limit of {timeout_s:g}s"
 
 
-def timeout_event(timeout_s: float) -> str:
-    """The end of a stream that ran out of time: an OpenAI-shaped error event, then [DONE].
+def failure_of(err: BaseException) -> tuple[int, str, Optional[str]]:
+    """Status, message and code for a call that failed: a replica that died is a
+    503 the client may retry; anything else is an opaque 500."""
+    if isinstance(err, RayActorError) or isinstance(err.__cause__, RayActorError):
+        return 503, REPLICA_FAILED_MESSAGE, "replica_failed"
+    return 500, INTERNAL_MESSAGE, None
+
+
+def error_event(status: int, message: str, code: Optional[str]) -> str:
+    """The end of a stream that failed: an OpenAI-shaped error event, then [DONE].
 
     The status line went out with the first chunk, so the error travels in the
     stream, as vLLM reports errors in the middle of a stream.
     """
-    error = openai_error(504, timeout_message(timeout_s), code="request_timeout")
-    return f"data: {json.dumps(error)}\n\ndata: [DONE]\n\n"
+    return f"data: {json.dumps(openai_error(status, message, code=code))}\n\ndata: [DONE]\n\n"
 
 
 async def stream_until(
@@ -85,9 +98,10 @@ async def stream_until(
 ) -> AsyncIterator[Any]:
     """Passes a stream's chunks on until the deadline (loop time), then ends it with a timeout event.
 
-    When the stream ends early (deadline, or the client went away), the calls
-    feeding it are cancelled. Only the wait for the next chunk runs under the
-    timeout, never the yield to the client.
+    A failure upstream (e.g. the replica died) ends the stream with an error
+    event instead of a broken connection. When the stream ends early (deadline,
+    failure, or the client went away), the calls feeding it are cancelled.
+    Only the wait for the next chunk runs under the timeout, never the yield.
     """
     complete = False
     try:
@@ -99,7 +113,11 @@ async def stream_until(
                 complete = True
                 return
             except TimeoutError:
-                yield timeout_event(timeout_s or 0)
+                yield error_event(504, timeout_message(timeout_s or 0), "request_timeout")
+                return
+            except Exception as err:
+                logger.error("stream failed: %r", err)
+                yield error_event(*failure_of(err))
                 return
             yield chunk
     finally:

@@ -1,0 +1,152 @@
+"""A model replica killed under load, on the real stack.
+
+Closed-loop clients (streamed and not) run against one replica; its process is
+killed with SIGKILL. Requests in flight on it must end promptly with a clean
+OpenAI-shaped 5xx (an error event then [DONE] in a stream), never hang or
+break the connection; Serve replaces the replica; requests sent after the
+kill succeed (they wait for the replacement); /health is 200 again.
+"""
+
+import asyncio
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.integration.conftest import run_stack, write_spec
+
+pytestmark = pytest.mark.integration
+
+CLIENTS = 4
+# No request may take this long: a hang shows up as a client timeout.
+CLIENT_TIMEOUT_S = 240.0
+RECOVERY_LIMIT_S = 300.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faults")
+    # Requests sent while no replica runs wait for the replacement, so the
+    # timeout must cover a replica's start on a busy machine.
+    spec = write_spec(tmp, "faults", serving={"requestTimeoutSeconds": 280})
+    yield from run_stack(spec, tmp)
+
+
+@dataclass
+class Outcome:
+    sent: float
+    ended: float
+    stream: bool
+    status: int
+    result: str  # "ok", "error" (clean 5xx or error event), or "broken"
+    detail: str = ""
+
+
+async def one(client: httpx.AsyncClient, i: int, stream: bool) -> Outcome:
+    body = {"model": "tiny", "prompt": f"load {i}", "max_tokens": 48, "ignore_eos": True, "stream": stream}
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    sent = time.monotonic()
+    try:
+        if not stream:
+            response = await client.post("/v1/completions", json=body)
+            if response.status_code == 200:
+                ok = response.json()["usage"]["completion_tokens"] == 48
+                return Outcome(sent, time.monotonic(), False, 200, "ok" if ok else "broken", response.text[:200])
+            clean = response.status_code >= 500 and "error" in response.json()
+            return Outcome(sent, time.monotonic(), False, response.status_code, "error" if clean else "broken",
+                           response.text[:300])
+        events = []
+        async with client.stream("POST", "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                await response.aread()
+                clean = response.status_code >= 500 and "error" in response.json()
+                return Outcome(sent, time.monotonic(), True, response.status_code, "error" if clean else "broken",
+                               response.text[:300])
+            async for line in response.aiter_lines():
+                if line.startswith("data: "):
+                    events.append(line.removeprefix("data: "))
+        if events[-1:] != ["[DONE]"]:
+            return Outcome(sent, time.monotonic(), True, 200, "broken", f"no [DONE]; last {events[-2:]}")
+        errors = [e for e in events[:-1] if '"error"' in e and "error" in json.loads(e)]
+        usage = [json.loads(e)["usage"] for e in events[:-1] if '"usage"' in e and json.loads(e).get("usage")]
+        complete = bool(usage) and usage[-1]["completion_tokens"] == 48
+        result = "error" if errors else "ok" if complete else "broken"
+        return Outcome(sent, time.monotonic(), True, 200, result, errors[0][:300] if errors else "")
+    except httpx.HTTPError as err:  # timeouts (hangs) and broken connections
+        return Outcome(sent, time.monotonic(), stream, 0, "broken", repr(err))
+
+
+async def load(base_url: str, stop_at: dict, outcomes: list[Outcome], worker: int) -> None:
+    async with httpx.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT_S) as client:
+        i = 0
+        while time.monotonic() < stop_at["t"]:
+            outcomes.append(await one(client, worker * 1000 + i, stream=(worker % 2 == 0)))
+            i += 1
+
+
+def replica_process(stack):
+    for proc in stack.session_processes():
+        try:
+            if "ServeReplica:faults:llm" in " ".join(proc.cmdline()) or "ServeReplica:faults:llm" in proc.name():
+                return proc
+        except Exception:
+            continue
+    raise AssertionError("no llm replica process found")
+
+
+async def run_scenario(stack) -> tuple[float, list[Outcome], float]:
+    outcomes: list[Outcome] = []
+    stop_at = {"t": float("inf")}
+    workers = [asyncio.create_task(load(stack.base_url, stop_at, outcomes, w)) for w in range(CLIENTS)]
+    await asyncio.sleep(4)  # steady load first
+    victim = replica_process(stack)
+    print(f"\nkilling {victim.pid} {victim.name()!r} {' '.join(victim.cmdline())[:120]!r}")
+    killed_at = time.monotonic()
+    os.kill(victim.pid, signal.SIGKILL)
+    # Load goes on until requests sent after the kill have succeeded for a while.
+    recovered_at = None
+    async with httpx.AsyncClient(base_url=stack.base_url, timeout=10) as probe:
+        while time.monotonic() - killed_at < RECOVERY_LIMIT_S:
+            await asyncio.sleep(1)
+            ok_after = [o for o in outcomes if o.sent > killed_at and o.result == "ok"]
+            try:
+                healthy = (await probe.get("/health")).status_code == 200
+            except httpx.HTTPError:
+                healthy = False
+            if healthy and len(ok_after) >= 2 * CLIENTS:
+                recovered_at = min(o.ended for o in ok_after)
+                break
+    stop_at["t"] = time.monotonic()
+    await asyncio.gather(*workers)
+    assert recovered_at is not None, f"not recovered {RECOVERY_LIMIT_S:.0f}s after the kill"
+    return killed_at, outcomes, recovered_at
+
+
+def test_a_killed_replica_is_replaced_and_in_flight_requests_end_cleanly(stack):
+    killed_at, outcomes, recovered_at = asyncio.run(run_scenario(stack))
+    before = [o for o in outcomes if o.ended < killed_at]
+    in_flight = [o for o in outcomes if o.sent < killed_at <= o.ended]
+    after = [o for o in outcomes if o.sent >= killed_at]
+    for o in in_flight:
+        print(f"in flight: stream={o.stream} sent {o.sent - killed_at:+.2f}s ended {o.ended - killed_at:+.2f}s "
+              f"{o.status} {o.result} {o.detail[:160]}")
+    broken = [o for o in outcomes if o.result == "broken"]
+    assert not broken, [(o.stream, o.status, o.detail) for o in broken]
+    assert before and all(o.result == "ok" for o in before)
+    assert in_flight, "the kill should catch requests in flight"
+    failed = [o for o in in_flight if o.result == "error"]
+    for o in failed:
+        assert o.ended - killed_at < 30, f"an in-flight request took {o.ended - killed_at:.0f}s to fail"
+        assert '"replica_failed"' in o.detail.replace(" ", "") and ("503" in o.detail or o.status == 503), o.detail
+    assert after and all(o.result == "ok" for o in after), [(o.status, o.detail) for o in after if o.result != "ok"]
+    print(f"\nbefore the kill: {len(before)} ok; in flight at the kill: {len(in_flight)} "
+          f"({len(failed)} clean 5xx, {len(in_flight) - len(failed)} ok); "
+          f"sent after the kill: {len(after)} ok; first success after the kill at +{recovered_at - killed_at:.1f}s; "
+          f"statuses of failures: {sorted({(o.stream, o.status, o.detail[:80]) for o in failed})}")
+    # The replacement serves, and the deployment is ready again.
+    assert httpx.get(f"{stack.base_url}/health", timeout=10).status_code == 200
