@@ -1,16 +1,16 @@
 """`shardserve bench`: a load generator for OpenAI-compatible endpoints, with
 metrics defined as in vLLM's serving benchmark, and a side-by-side comparison
-of bare vLLM and `shardserve run`."""
+of bare vLLM and `shardserve run`.
 
-from shardserve.bench.client import Endpoint, send_request
-from shardserve.bench.runner import LoadConfig, LoadResult, run_load
+Only the pure parts are re-exported here: the HTTP client and the runner
+(`shardserve.bench.client`, `shardserve.bench.runner`) need httpx and tqdm,
+which the CLI loads only when a benchmark runs.
+"""
+
 from shardserve.bench.stats import Metrics, RequestResult, compute_metrics, percentile
 from shardserve.bench.workload import RequestSpec, iter_arrival_offsets, iter_random_requests
 
 __all__ = [
-    "Endpoint",
-    "LoadConfig",
-    "LoadResult",
     "Metrics",
     "RequestResult",
     "RequestSpec",
@@ -18,6 +18,4 @@ __all__ = [
     "iter_arrival_offsets",
     "iter_random_requests",
     "percentile",
-    "run_load",
-    "send_request",
 ]

@@ -10,13 +10,18 @@ import os
 import random
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from shardserve.bench.client import Endpoint
-from shardserve.bench.report import build_report, format_report
-from shardserve.bench.runner import DEFAULT_TIMEOUT_S, LoadConfig, LoadResult, open_client, resolve_model, run_load
 from shardserve.bench.stats import parse_goodput
-from shardserve.bench.workload import WorkloadError, iter_file_requests, iter_random_requests, read_jsonl_requests
+from shardserve.bench.workload import (
+    DEFAULT_TIMEOUT_S, WorkloadError, iter_file_requests, iter_random_requests, read_jsonl_requests,
+)
+
+# The HTTP client (httpx, tqdm) loads only when a benchmark runs: building the
+# CLI's parser must not need it (the operator's image does not install it).
+if TYPE_CHECKING:
+    from shardserve.bench.client import Endpoint
+    from shardserve.bench.runner import LoadResult
 
 API_KEY_ENV = "OPENAI_API_KEY"
 
@@ -109,6 +114,9 @@ def _requests(args: argparse.Namespace):
 
 
 async def _run_levels(args: argparse.Namespace, goodput: dict[str, float]) -> tuple[Endpoint, list[LoadResult]]:
+    from shardserve.bench.client import Endpoint
+    from shardserve.bench.runner import LoadConfig, open_client, resolve_model, run_load
+
     levels = args.concurrency or ([None] if args.request_rate != math.inf else [1])
     loads = []
     async with open_client(max((c for c in levels if c), default=None), args.timeout) as probe:
@@ -166,6 +174,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     except Exception as err:  # the endpoint could not be reached or listed no model
         print(f"shardserve: bench: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
+    from shardserve.bench.report import build_report, format_report
+
     report = build_report(endpoint, loads)
     _write_json(args.json, report)
     if args.json != "-":

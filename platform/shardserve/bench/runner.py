@@ -16,9 +16,7 @@ from tqdm import tqdm
 
 from shardserve.bench.client import Endpoint, read_model_ids, send_request
 from shardserve.bench.stats import DEFAULT_PERCENTILES, Metrics, RequestResult, compute_metrics
-from shardserve.bench.workload import RequestSpec, iter_arrival_offsets
-
-DEFAULT_TIMEOUT_S = 600.0
+from shardserve.bench.workload import DEFAULT_TIMEOUT_S, RequestSpec, iter_arrival_offsets
 
 
 @dataclass(frozen=True)

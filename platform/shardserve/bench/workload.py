@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
+# Seconds one request may take before it counts as failed.
+DEFAULT_TIMEOUT_S = 600.0
+
 # Plain words, so any tokenizer sees ordinary text; about one token per word
 # for most tokenizers. The server's usage reports the real prompt length.
 _WORDS = (
