@@ -21,6 +21,8 @@ LLM_DEPLOYMENT = "llm"
 INGRESS_DEPLOYMENT = "ingress"
 SERVER_CLS = "shardserve.server:ShardserveServer"
 INGRESS_CLS = "shardserve.ingress:ShardserveIngress"
+# Marks the end of the model download in a replica's start (cold_start.py).
+COLD_START_CALLBACK = "shardserve.cold_start:ColdStartCallback"
 # Ray Serve LLM's default (50 ms) holds a stream's first token back while it
 # collects a batch; 0 sends each engine output as soon as it exists.
 STREAM_BATCHING_INTERVAL_MS = 50
@@ -137,6 +139,7 @@ def build_llm_config(md: ModelDeployment, *, builtin_dir: Optional[str] = None) 
         "experimental_configs": {"stream_batching_interval_ms": STREAM_BATCHING_INTERVAL_MS},
         "runtime_env": {"env_vars": env} if env else None,
         "server_cls": SERVER_CLS,
+        "callback_config": {"callback_class": COLD_START_CALLBACK},
     }
     if spec.resources.accelerator_type:
         config["accelerator_type"] = spec.resources.accelerator_type

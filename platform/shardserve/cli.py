@@ -25,7 +25,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from shardserve.local import LocalOptions, run_local
 
     md = _load_or_exit(args.file)
-    options = LocalOptions(host=args.host, port=args.port, num_cpus=args.num_cpus, verbose=args.verbose)
+    options = LocalOptions(host=args.host, port=args.port, num_cpus=args.num_cpus, verbose=args.verbose,
+                           metrics_port=args.metrics_port)
     return run_local(md, options)
 
 
@@ -125,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     run.add_argument("--port", type=int, default=None, help="HTTP port (default spec.serving.port)")
     run.add_argument("--num-cpus", type=int, default=None, help="logical CPUs for the local Ray")
+    run.add_argument("--metrics-port", type=int, default=8080,
+                     help="port of Ray's metrics agent, /metrics in Prometheus format (default 8080; 0: any free port)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Ray's and vLLM's logs")
     run.set_defaults(func=_cmd_run)
 

@@ -32,6 +32,8 @@ from ray.serve.exceptions import BackPressureError
 from shardserve.api_keys import KeyStore, bearer_token, key_matches, keys_configured
 from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
 from shardserve.request_checks import RequestLimits, find_invalid_unicode, find_limit_violation
+from shardserve.request_metrics import record_rejected
+from shardserve.request_spans import trace_ingress_call
 from shardserve.request_lifetime import (
     TrackedHandle, cancel_calls, failure_of, stream_until, timeout_message, tracking_calls,
 )
@@ -44,10 +46,10 @@ JSON_TYPES = ("application/json",)
 
 class ShardserveIngress(OpenAiIngress):
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        return await _checked_call(super().chat, body, request)
+        return await trace_ingress_call("chat", body, _checked_call(super().chat, body, request))
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        return await _checked_call(super().completions, body, request)
+        return await trace_ingress_call("completions", body, _checked_call(super().completions, body, request))
 
     def _get_configured_serve_handle(self, model_id: str) -> Any:
         # Calls through this handle can be cancelled when their request ends early.
@@ -111,6 +113,8 @@ async def _check_body(request: Request) -> None:
 
 
 class RequestLimitError(Exception):
+    status_code = 400  # what the client gets; request spans record it
+
     def __init__(self, message: str, param: str):
         super().__init__(message)
         self.message, self.param = message, param
@@ -151,6 +155,7 @@ def _queue_full() -> JSONResponse:
     # The deployment's queue is full: tell the client at once when to come back.
     # (Caught in the endpoint: Serve replaces any app-level handler for this
     # exception with its own plain-text 503.)
+    record_rejected("queue_full")
     return _error_response(
         429,
         f"the model's queue is full; retry after {RETRY_AFTER_S}s",

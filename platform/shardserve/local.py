@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -24,6 +25,9 @@ logger = logging.getLogger(__name__)
 # actors each reserve one, while the real cores go to vLLM's workers.
 MIN_LOGICAL_CPUS = 8
 DEPLOY_TIMEOUT_S = 900.0
+# Ray's metrics agent serves every metric (Ray's, Serve's, vLLM's, ours) in
+# Prometheus format; KubeRay uses the same port on its pods.
+DEFAULT_METRICS_PORT = 8080
 
 
 class RunError(RuntimeError):
@@ -37,6 +41,7 @@ class LocalOptions:
     num_cpus: Optional[int] = None
     deploy_timeout_s: float = DEPLOY_TIMEOUT_S
     verbose: bool = False
+    metrics_port: Optional[int] = DEFAULT_METRICS_PORT  # 0: any free port
 
 
 class _Stop(Exception):
@@ -120,11 +125,13 @@ def run_local(
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         print(f"shardserve: starting a local Ray ({num_cpus} logical CPUs)", file=out, flush=True)
+        _apply_tracing_env(md, out)
         ray.init(
             num_cpus=num_cpus,
             include_dashboard=False,
             log_to_driver=options.verbose,
             logging_level=logging.INFO if options.verbose else logging.WARNING,
+            _metrics_export_port=_metrics_port(options.metrics_port, out),
         )
         # Ray's core worker installs its own SIGTERM handler (dump and die);
         # take it back so SIGTERM stops everything as Ctrl-C does.
@@ -146,6 +153,7 @@ def run_local(
         endpoint = f"http://{options.host}:{port}/v1"
         print(f"shardserve: ready in {time.monotonic() - started:.1f}s — OpenAI endpoint {endpoint} "
               f"(model {md.spec.model.id!r}); Ctrl-C stops", file=out, flush=True)
+        print(f"shardserve: metrics (Prometheus) at http://127.0.0.1:{_read_metrics_port()}/metrics", file=out, flush=True)
         if on_ready:
             on_ready(endpoint)
         threading.Event().wait()  # until a signal raises _Stop
@@ -165,6 +173,42 @@ def run_local(
         _shutdown(out)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _apply_tracing_env(md: ModelDeployment, out: TextIO) -> None:
+    """Tracing settings into this process's environment, which every Ray process inherits."""
+    from shardserve.tracing import build_tracing_env, compute_tracing_settings
+
+    settings = compute_tracing_settings(md.spec.telemetry, os.environ)
+    os.environ.update(build_tracing_env(settings))
+    if settings is not None:
+        print(f"shardserve: {settings.describe()}", file=out, flush=True)
+
+
+def _metrics_port(wanted: Optional[int], out: TextIO) -> Optional[int]:
+    """The port for Ray's metrics agent; a busy default gives way to a free port."""
+    if not wanted:
+        return None
+    with socket.socket() as s:
+        try:
+            s.bind(("0.0.0.0", wanted))
+        except OSError:
+            if wanted != DEFAULT_METRICS_PORT:
+                raise RunError(f"metrics port {wanted} is in use; pick another with --metrics-port") from None
+            print(f"shardserve: port {wanted} is in use; metrics go to a free port", file=out, flush=True)
+            return None
+    return wanted
+
+
+def _read_metrics_port() -> int:
+    import ray
+
+    for _ in range(50):
+        ports = [n.get("MetricsExportPort", 0) for n in ray.nodes() if n.get("Alive")]
+        if ports and ports[0]:
+            return int(ports[0])
+        time.sleep(0.1)
+    return 0
 
 
 def _shutdown(out: TextIO) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from shardserve.autoscaling import KV_NAMESPACE, decision_key
 from shardserve.builder import LLM_DEPLOYMENT
+from shardserve.cold_start import cold_start_key, format_phases
 
 
 def read_local_status(app_filter: Optional[str] = None) -> list[dict[str, Any]]:
@@ -25,14 +26,16 @@ def read_local_status(app_filter: Optional[str] = None) -> list[dict[str, Any]]:
                 continue
             llm = app.get("deployments", {}).get(LLM_DEPLOYMENT, {})
             raw = _internal_kv_get(decision_key(app_name, LLM_DEPLOYMENT), namespace=KV_NAMESPACE)
-            out.append(build_status_row(app_name, app, llm, json.loads(raw) if raw else None))
+            started = _internal_kv_get(cold_start_key(app_name, LLM_DEPLOYMENT), namespace=KV_NAMESPACE)
+            out.append(build_status_row(app_name, app, llm, json.loads(raw) if raw else None,
+                                        json.loads(started) if started else None))
         return out
     finally:
         ray.shutdown()
 
 
 def build_status_row(app_name: str, app: dict[str, Any], llm: dict[str, Any],
-                     decision: Optional[dict[str, Any]]) -> dict[str, Any]:
+                     decision: Optional[dict[str, Any]], cold_start: Optional[dict[str, Any]] = None) -> dict[str, Any]:
     replicas = llm.get("replicas", [])
     return {
         "name": app_name,
@@ -42,6 +45,7 @@ def build_status_row(app_name: str, app: dict[str, Any], llm: dict[str, Any],
         "queue_waiting": decision.get("waiting") if decision else None,
         "requests_running": decision.get("running") if decision else None,
         "last_decision": decision.get("reason") if decision else None,
+        "last_cold_start": cold_start.get("phases") if cold_start else None,
     }
 
 
@@ -56,4 +60,6 @@ def format_status(rows: list[dict[str, Any]]) -> str:
                      f"running/desired, {queue}")
         if row["last_decision"]:
             lines.append(f"  autoscaler: {row['last_decision']}")
+        if row.get("last_cold_start"):
+            lines.append(f"  last replica start: {format_phases(row['last_cold_start'])}")
     return "\n".join(lines)

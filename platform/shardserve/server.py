@@ -1,21 +1,27 @@
 """The model replica: Ray Serve LLM's LLMServer, which
 - makes sure the weights exist on its own node first (a builtin model is
-  built there, not shipped), and
-- reports its engine's queue (waiting, running) to the autoscaler, and
+  built there, not shipped),
+- reports its engine's queue (waiting, running) to the autoscaler,
 - sends a stream's first output at once, batching only the rest (Ray Serve
-  LLM's batcher holds the first token back for a whole interval).
+  LLM's batcher holds the first token back for a whole interval), and
+- measures its own start in phases (cold_start.py) and, with tracing on,
+  wraps each engine call in a span whose child is vLLM's own (request_spans.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any, AsyncGenerator, Optional, TypeVar
 
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.batcher import Batcher
 
 from shardserve.autoscaling import RUNNING, WAITING
+from shardserve.cold_start import ColdStart
+from shardserve.request_spans import trace_replica_call
+from shardserve.tracing import ENV_TRACES_ENDPOINT, tracing_enabled
 
 T = TypeVar("T")
 
@@ -25,7 +31,18 @@ logger = logging.getLogger(__name__)
 class ShardserveServer(LLMServer):
     async def __init__(self, llm_config: Any, *, builtin_model: Optional[str] = None, **kwargs: Any):
         self._builtin_model = builtin_model
-        await super().__init__(llm_config, **kwargs)
+        self._replica, app, deployment = _replica_identity()
+        self._cold_start: Optional[ColdStart] = ColdStart(llm_config.model_id, app, deployment, self._replica)
+        if tracing_enabled() and os.environ.get(ENV_TRACES_ENDPOINT):
+            # vLLM's span per request (tokens, time to first token, queue).
+            llm_config.update_engine_kwargs(otlp_traces_endpoint=os.environ[ENV_TRACES_ENDPOINT])
+        try:
+            with self._cold_start.active():
+                await super().__init__(llm_config, **kwargs)
+        except BaseException as exc:
+            self._cold_start.failed(exc)
+            raise
+        self._cold_start.engine_started(llm_config)
 
     async def start(self) -> None:
         if getattr(self, "_builtin_model", None):
@@ -34,6 +51,19 @@ class ShardserveServer(LLMServer):
             path = await asyncio.to_thread(ensure_builtin_model, self._builtin_model)
             logger.info("builtin model %s ready at %s", self._builtin_model, path)
         await super().start()
+
+    async def check_health(self) -> None:
+        await super().check_health()
+        # Serve checks a replica as soon as it marks it running: the start is over.
+        cold_start, self._cold_start = getattr(self, "_cold_start", None), None
+        if cold_start is not None:
+            cold_start.ready()
+
+    async def chat(self, request: Any, raw_request_info: Any = None) -> Any:
+        return await trace_replica_call("chat", request, raw_request_info, super().chat, self._replica)
+
+    async def completions(self, request: Any, raw_request_info: Any = None) -> Any:
+        return await trace_replica_call("completions", request, raw_request_info, super().completions, self._replica)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The engine's queue, pushed by Serve to the autoscaling policy."""
@@ -44,6 +74,17 @@ class ShardserveServer(LLMServer):
 
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
         return first_then_batched(generator, self._get_batch_interval_ms())
+
+
+def _replica_identity() -> tuple[str, str, str]:
+    """(replica id, application, deployment) of the Serve replica running this code."""
+    from ray import serve
+
+    try:
+        ctx = serve.get_replica_context()
+        return ctx.replica_id.unique_id, ctx.app_name, ctx.deployment
+    except Exception:  # outside Serve (tests)
+        return "", "", ""
 
 
 async def first_then_batched(generator: AsyncGenerator[T, None], interval_ms: Optional[float]) -> AsyncGenerator[list[T], None]:

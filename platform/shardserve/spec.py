@@ -243,6 +243,30 @@ class IngressSpec(_Model):
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra Ingress annotations.")
 
 
+class TracingSpec(_Model):
+    endpoint: str = Field(
+        min_length=1, max_length=2048, pattern=r"^\S+$",
+        description="OTLP collector. For http/protobuf a base URL (e.g. http://otel-collector:4318; spans go "
+        "to its /v1/traces, or to the URL as given when it already ends in /v1/traces); for grpc the "
+        "collector's URL (e.g. http://otel-collector:4317).",
+    )
+    protocol: Literal["http/protobuf", "grpc"] = Field(default="http/protobuf", description="OTLP transport.")
+    sample_ratio: float = Field(
+        default=1.0, ge=0, le=1,
+        description="Fraction of new traces recorded. A request whose W3C traceparent is marked sampled "
+        "is always recorded, and one marked unsampled never is.",
+    )
+
+
+class TelemetrySpec(_Model):
+    tracing: Optional[TracingSpec] = Field(
+        default=None,
+        description="Export OpenTelemetry traces over OTLP: a span per request in the ingress, the model "
+        "replica and the engine, and one per replica start. Locally, without this section, the standard "
+        "OTEL_EXPORTER_OTLP_* variables switch tracing on; otherwise tracing is off.",
+    )
+
+
 class ModelDeploymentSpec(_Model):
     model: ModelSpec = Field(description="Which model to serve and where its weights come from.")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
@@ -256,6 +280,7 @@ class ModelDeploymentSpec(_Model):
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Request limits and access.")
     ingress: Optional[IngressSpec] = Field(default=None, description="Expose the endpoint through an Ingress.")
     image: Optional[str] = Field(default=None, description="Runtime image for Ray pods (cluster only).")
+    telemetry: Optional[TelemetrySpec] = Field(default=None, description="Traces (metrics need no settings).")
 
     @model_validator(mode="after")
     def _one_replica_owner(self) -> "ModelDeploymentSpec":

@@ -16,6 +16,7 @@ from shardserve.api_keys import KEYS_FILE_ENV
 from shardserve.builder import APP_IMPORT_PATH, PVC_MOUNT_ROOT, build_proxy_timeout, parse_quantity
 from shardserve.placement import Placement, placement_for
 from shardserve.spec import ModelDeployment
+from shardserve.tracing import build_tracing_env, compute_tracing_settings
 
 from shardserve_operator import naming
 from shardserve_operator.render.options import RenderOptions
@@ -93,6 +94,10 @@ def _container(name: str, image: str, md: ModelDeployment, ports: list[dict], re
     if md.spec.serving.api_key_secret:
         container["env"] = [{"name": KEYS_FILE_ENV, "value": API_KEYS_MOUNT}]
         container["volumeMounts"] = [{"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT, "readOnly": True}]
+    # spec.telemetry.tracing, as every Ray process reads it (Serve's proxy and replicas, vLLM).
+    tracing_env = build_tracing_env(compute_tracing_settings(md.spec.telemetry, {}))
+    if tracing_env:
+        container.setdefault("env", []).extend({"name": k, "value": v} for k, v in sorted(tracing_env.items()))
     return container
 
 

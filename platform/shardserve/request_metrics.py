@@ -1,0 +1,37 @@
+"""Request metrics shardserve adds to what Ray Serve and vLLM already export.
+
+Requests by status, latencies, tokens and queues come from Serve's and vLLM's
+own metrics (README, "Metrics"); only what neither counts is here. Metrics are
+Ray's (ray.util.metrics), exported with every other Ray metric.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+REJECTED = "shardserve_rejected_requests"
+_rejected: Optional[Any] = None
+_application: Optional[str] = None
+
+
+def _application_name() -> str:
+    global _application
+    if _application is None:
+        try:
+            from ray import serve
+
+            _application = serve.get_replica_context().app_name
+        except Exception:  # outside a Serve replica
+            _application = ""
+    return _application
+
+
+def record_rejected(reason: str) -> None:
+    """One request turned away before reaching a model replica (HTTP 429)."""
+    global _rejected
+    if _rejected is None:
+        from ray.util.metrics import Counter
+
+        _rejected = Counter(REJECTED, "Requests rejected with HTTP 429 before reaching a model replica, by reason "
+                            "(queue_full: serving.maxQueuedRequests reached).", tag_keys=("application", "reason"))
+    _rejected.inc(tags={"application": _application_name(), "reason": reason})
