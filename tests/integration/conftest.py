@@ -16,6 +16,9 @@ def write_spec(tmp_dir: Path, name: str, **spec_changes) -> Path:
     doc["metadata"]["name"] = name
     for key, value in spec_changes.items():
         doc["spec"][key] = value
+    # Compiling the model (vLLM's default) adds seconds to every start and is
+    # not what these tests are about; the README's example runs compiled.
+    doc["spec"]["engine"] = {"enforceEager": True, **doc["spec"]["engine"]}
     path = tmp_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
