@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -155,6 +156,8 @@ def _run_compare(args: argparse.Namespace) -> int:
         api=args.endpoint, warmup_requests=args.warmup, seed=args.seed,
         shardserve_env=dict(args.shardserve_env), log_dir=args.log_dir,
     )
+    # SIGTERM unwinds like Ctrl-C, so the server being measured is stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     result = run_compare(md, config)
     _write_json(args.json, result)
     if args.json != "-":

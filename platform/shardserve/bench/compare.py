@@ -93,7 +93,8 @@ def format_summary(summary: dict[int, dict], rounds: int) -> str:
     return "\n".join(lines)
 
 
-async def _measure(server: ServerProcess, model: str, config: CompareConfig) -> dict[int, dict[str, Any]]:
+async def measure_levels(server: ServerProcess, model: str, config: CompareConfig) -> dict[int, dict[str, Any]]:
+    """Each of the config's concurrencies in turn, on one running server: metrics per level."""
     endpoint = Endpoint(base_url=server.base_url, model=model, api=config.api, ignore_eos=True)
     levels: dict[int, dict[str, Any]] = {}
     for c in config.concurrencies:
@@ -138,7 +139,7 @@ def run_compare(md: ModelDeployment, config: CompareConfig, out: TextIO = sys.st
             started = time.monotonic()
             with server:
                 print(f"round {number}: {name} ready in {server.ready_after_s:.0f} s", file=out, flush=True)
-                measured[name] = asyncio.run(_measure(server, md.spec.model.id, config))
+                measured[name] = asyncio.run(measure_levels(server, md.spec.model.id, config))
             for c, m in measured[name].items():
                 print(format_level_line(name, c, m), file=out, flush=True)
             measured[f"{name}_seconds"] = time.monotonic() - started
