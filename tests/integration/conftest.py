@@ -16,9 +16,6 @@ def write_spec(tmp_dir: Path, name: str, **spec_changes) -> Path:
     doc["metadata"]["name"] = name
     for key, value in spec_changes.items():
         doc["spec"][key] = value
-    # Compiling the model (vLLM's default) adds seconds to every start and is
-    # not what these tests are about; the README's example runs compiled.
-    doc["spec"]["engine"] = {"enforceEager": True, **doc["spec"]["engine"]}
     path = tmp_dir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -39,3 +36,27 @@ def run_stack(spec_file: Path, log_dir: Path, env: dict | None = None, args: tup
 def tiny_stack(tmp_path_factory):
     """The README's example file itself, served by `shardserve run`."""
     yield from run_stack(TINY, tmp_path_factory.mktemp("tiny"))
+
+
+# The parallel layouts must return the single worker's greedy tokens. The
+# README's example is that single worker; test_openai_api records its tokens
+# here while it serves, so test_parallel need not start it again.
+PARALLEL_PROMPTS = ["The river", "Once upon a time", "Hello world, this is", "12345"]
+single_worker_tokens: list[list[int]] = []
+
+
+def greedy_tokens(stack, prompts=PARALLEL_PROMPTS, max_tokens: int = 16) -> list[list[int]]:
+    import openai
+
+    client = openai.OpenAI(base_url=f"{stack.base_url}/v1", api_key="unused", max_retries=0, timeout=60)
+    out = []
+    for prompt in prompts:
+        reply = client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=max_tokens, temperature=0,
+            extra_body={"return_token_ids": True, "ignore_eos": True},
+        )
+        token_ids = reply.choices[0].model_extra.get("token_ids")
+        assert token_ids and len(token_ids) == max_tokens, reply
+        out.append(token_ids)
+    return out
+

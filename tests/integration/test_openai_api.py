@@ -5,6 +5,8 @@ import httpx
 import openai
 import pytest
 
+from tests.integration.conftest import greedy_tokens, single_worker_tokens
+
 pytestmark = pytest.mark.integration
 
 MODEL = "tiny"
@@ -102,3 +104,10 @@ def test_server_stays_healthy_after_errors(tiny_stack, client):
     assert httpx.get(f"{tiny_stack.base_url}/health", timeout=10).json()["status"] == "ok"
     reply = client.completions.create(model=MODEL, prompt="still here", max_tokens=4, temperature=0)
     assert reply.usage.completion_tokens == 4
+
+
+def test_greedy_token_ids_are_returned_and_repeat(tiny_stack):
+    first = greedy_tokens(tiny_stack)
+    assert greedy_tokens(tiny_stack) == first
+    single_worker_tokens[:] = first  # the reference test_parallel compares its layouts with
+

@@ -103,7 +103,13 @@ async def run_scenario(stack) -> tuple[float, list[Outcome], float]:
     outcomes: list[Outcome] = []
     stop_at = {"t": float("inf")}
     workers = [asyncio.create_task(load(stack.base_url, stop_at, outcomes, w)) for w in range(CLIENTS)]
-    await asyncio.sleep(4)  # steady load first
+    # Steady load first: every client has had an answer (the first ones after
+    # a start can take seconds).
+    started = time.monotonic()
+    while sum(o.result == "ok" for o in outcomes) < CLIENTS:
+        assert time.monotonic() - started < 120, f"no steady load before the kill: {outcomes[:3]}"
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1)
     victim = replica_process(stack)
     print(f"\nkilling {victim.pid} {victim.name()!r} {' '.join(victim.cmdline())[:120]!r}")
     killed_at = time.monotonic()
