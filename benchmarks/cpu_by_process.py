@@ -14,8 +14,6 @@ import argparse
 import asyncio
 import os
 import random
-import signal
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -26,6 +24,7 @@ import psutil
 from shardserve.bench.client import Endpoint
 from shardserve.bench.compare import BARE, SHARDSERVE, CompareConfig, build_server
 from shardserve.bench.runner import LoadConfig, open_client, run_load
+from shardserve.bench.servers import stop_servers_on_sigterm
 from shardserve.bench.workload import iter_random_requests
 from shardserve.validation import load_file
 
@@ -83,7 +82,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--shardserve-env", action="append", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # stops the server too
+    stop_servers_on_sigterm()
 
     md = load_file(str(args.spec))
     config = CompareConfig(spec_file=args.spec, shardserve_env=dict(kv.split("=", 1) for kv in args.shardserve_env))

@@ -14,16 +14,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import statistics
-import sys
 import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from shardserve.bench.compare import CompareConfig, measure_levels
-from shardserve.bench.servers import ServerProcess, build_shardserve_command, free_port
+from shardserve.bench.servers import ServerProcess, build_shardserve_command, free_port, stop_servers_on_sigterm
 from shardserve.validation import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +62,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=25.0)
     args = parser.parse_args()
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))  # stops the server too
+    stop_servers_on_sigterm()
     # "off" means off: nothing inherited from this shell switches tracing on.
     for name in [n for n in os.environ if n.startswith("OTEL_")]:
         del os.environ[name]

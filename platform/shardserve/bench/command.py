@@ -8,7 +8,6 @@ import json
 import math
 import os
 import random
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
@@ -140,6 +139,7 @@ async def _run_levels(args: argparse.Namespace, goodput: dict[str, float]) -> tu
 
 def _run_compare(args: argparse.Namespace) -> int:
     from shardserve.bench.compare import CompareConfig, format_summary, run_compare
+    from shardserve.bench.servers import stop_servers_on_sigterm
     from shardserve.validation import SpecError, load_file
 
     try:
@@ -156,8 +156,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         api=args.endpoint, warmup_requests=args.warmup, seed=args.seed,
         shardserve_env=dict(args.shardserve_env), log_dir=args.log_dir,
     )
-    # SIGTERM unwinds like Ctrl-C, so the server being measured is stopped too.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    stop_servers_on_sigterm()
     result = run_compare(md, config)
     _write_json(args.json, result)
     if args.json != "-":

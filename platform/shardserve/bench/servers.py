@@ -86,6 +86,11 @@ def free_port() -> int:
     raise RuntimeError("no free port in 20000-29999")
 
 
+def stop_servers_on_sigterm() -> None:
+    """SIGTERM unwinds like Ctrl-C, so every running ServerProcess is stopped on the way out."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+
 class ServerError(RuntimeError):
     """A server did not start; the message ends with its log's tail."""
 
