@@ -176,3 +176,18 @@ def test_bench_command_reports_errors_and_fails_when_nothing_completes(fake_serv
     out = capsys.readouterr().out
     assert "errors: HTTP 401 x3" in out
     assert "Incorrect API key provided." in out
+
+
+def test_sse_lines_split_only_where_sse_ends_a_line():
+    from shardserve.bench.client import sse_lines
+
+    async def chunks():
+        # U+2028, U+0085 and U+2029 inside generated text; CRLF split across chunks; CR alone.
+        for text in ['data: {"t": "a\u2028b\x85c"}\r', '\n\ndata: {"t": "d\u2029"}\rdata: [DO', "NE]"]:
+            yield text
+
+    async def collect():
+        return [line async for line in sse_lines(chunks())]
+
+    lines = asyncio.run(collect())
+    assert [line for line in lines if line] == ['data: {"t": "a\u2028b\x85c"}', 'data: {"t": "d\u2029"}', "data: [DONE]"]

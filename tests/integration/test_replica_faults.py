@@ -67,7 +67,8 @@ async def one(client: httpx.AsyncClient, i: int, stream: bool) -> Outcome:
                 clean = response.status_code >= 500 and "error" in response.json()
                 return Outcome(sent, time.monotonic(), True, response.status_code, "error" if clean else "broken",
                                response.text[:300])
-            async for line in response.aiter_lines():
+            # Split at "\n" only: aiter_lines() also splits at U+2028 and U+0085, which generated text may hold.
+            for line in (await response.aread()).decode().split("\n"):
                 if line.startswith("data: "):
                     events.append(line.removeprefix("data: "))
         if events[-1:] != ["[DONE]"]:

@@ -4,9 +4,10 @@ timed chunk by chunk, with tokens counted from the server's usage report."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, AsyncIterator, Literal, Optional
 
 import httpx
 
@@ -68,6 +69,26 @@ def parse_sse_data(line: str) -> Optional[str]:
     return line[5:].strip()
 
 
+_SSE_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+async def sse_lines(text_chunks: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The lines of an event stream, split only where SSE ends a line (CRLF, LF, CR).
+
+    Not `httpx.aiter_lines`: it splits like `str.splitlines`, also at U+0085,
+    U+2028 and U+2029, which JSON leaves unescaped inside generated text.
+    (A CRLF split across two chunks yields one extra blank line: harmless,
+    since only `data:` lines are read.)
+    """
+    pending = ""
+    async for text in text_chunks:
+        *lines, pending = _SSE_LINE_END.split(pending + text)
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
+
+
 def describe_error_body(body: bytes) -> str:
     """The server's message from an error body (OpenAI-shaped or not), shortened."""
     text = body.decode("utf-8", errors="replace")
@@ -95,7 +116,7 @@ async def send_request(client: httpx.AsyncClient, endpoint: Endpoint, spec: Requ
                 result.error = f"HTTP {response.status_code}"
                 result.detail = describe_error_body(await response.aread())
                 return result
-            async for line in response.aiter_lines():
+            async for line in sse_lines(response.aiter_text()):
                 data = parse_sse_data(line)
                 if not data:
                     continue
