@@ -37,7 +37,9 @@ def test_tiny_cpu_config():
     }
     assert config["placement_group_config"] == {"bundles": [{"CPU": 1.0}], "strategy": "STRICT_PACK"}
     assert config["deployment_config"]["num_replicas"] == 1
-    assert config["deployment_config"]["max_queued_requests"] == 256
+    # The replica admits 64 + 256 itself (a JSON 429 past that); Serve's limits never act first.
+    assert config["deployment_config"]["max_queued_requests"] == -1
+    assert config["deployment_config"]["max_ongoing_requests"] > 64 + 256
     assert config["runtime_env"] is None  # one worker: vLLM binds its threads itself
     assert config["experimental_configs"]["stream_batching_interval_ms"] == STREAM_BATCHING_INTERVAL_MS
     assert config["server_cls"] == "shardserve.server:ShardserveServer"  # sends the first token unbatched

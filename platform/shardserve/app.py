@@ -12,7 +12,7 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
-from shardserve.builder import INGRESS_DEPLOYMENT, LLM_DEPLOYMENT, build_llm_config
+from shardserve.builder import LLM_DEPLOYMENT, build_llm_config
 from shardserve.spec import ModelDeployment
 from shardserve.validation import parse_deployment
 
@@ -29,27 +29,32 @@ def build_llm_config_for(md: ModelDeployment) -> dict[str, Any]:
 
 
 def build_application(md: ModelDeployment, llm_config_dict: Optional[dict[str, Any]] = None) -> Application:
-    """The Serve application; `llm_config_dict` replaces the built config (benchmarks compare variants)."""
-    model = md.spec.model
-    builtin = model.location if model.scheme == "builtin" else None
-    llm_config = LLMConfig(**(llm_config_dict or build_llm_config_for(md)))
+    """The Serve application; `llm_config_dict` replaces the built config (benchmarks compare variants).
 
-    # Imported here: the ingress module pulls in FastAPI and Serve LLM's routes.
-    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-    from shardserve.ingress import ShardserveIngress, make_ingress_class
+    One deployment: the model replicas serve HTTP themselves (ShardserveServer
+    is Serve's ingress). Behind HAProxy (`RAY_SERVE_ENABLE_HA_PROXY=1`, the
+    default of `shardserve run` and of the rendered RayService) each request
+    goes straight to the replica with the fewest open connections; behind
+    Serve's own proxy it takes one Ray hop.
+    """
     from shardserve.request_checks import RequestLimits
+    from shardserve.server import ShardserveServer
 
-    server = build_llm_deployment(
-        llm_config,
-        bind_kwargs={"builtin_model": builtin} if builtin else None,
-        override_serve_options={"name": LLM_DEPLOYMENT},
-    )
-    options = ShardserveIngress.get_deployment_options([llm_config])
+    model = md.spec.model
     serving = md.spec.serving
-    ingress_cls = make_ingress_class(RequestLimits.from_serving(serving), require_api_key=bool(serving.api_key_secret))
-    return serve.deployment(ingress_cls, name=INGRESS_DEPLOYMENT, **options).bind(
-        llm_deployments={llm_config.model_id: server},
-        model_cards={llm_config.model_id: to_model_metadata(llm_config.model_id, llm_config)},
+    llm_config = LLMConfig(**(llm_config_dict or build_llm_config_for(md)))
+    bind_kwargs: dict[str, Any] = {
+        "limits": RequestLimits.from_serving(serving),
+        "require_api_key": bool(serving.api_key_secret),
+    }
+    if model.scheme == "builtin":
+        bind_kwargs["builtin_model"] = model.location
+    return build_llm_deployment(
+        llm_config,
+        bind_kwargs=bind_kwargs,
+        override_serve_options={"name": LLM_DEPLOYMENT},
+        # Late-bound ingress: Serve asks the replica for its HTTP app once the engine runs.
+        deployment_cls=serve.ingress()(ShardserveServer),
     )
 
 

@@ -18,16 +18,24 @@ APP_IMPORT_PATH = "shardserve.app:build_app"
 # Where the operator mounts a pvc:// claim inside Ray pods.
 PVC_MOUNT_ROOT = "/mnt/models"
 LLM_DEPLOYMENT = "llm"
-INGRESS_DEPLOYMENT = "ingress"
 SERVER_CLS = "shardserve.server:ShardserveServer"
-INGRESS_CLS = "shardserve.ingress:ShardserveIngress"
 # Marks the end of the model download in a replica's start (cold_start.py).
 COLD_START_CALLBACK = "shardserve.cold_start:ColdStartCallback"
 # Ray Serve LLM's default (50 ms) holds a stream's first token back while it
 # collects a batch; 0 sends each engine output as soon as it exists.
 STREAM_BATCHING_INTERVAL_MS = 50
 
-# Serve's proxy answers its own plain-text 408 at its timeout; it waits a little
+SERVE_LIMIT_FACTOR = 4
+
+# Ray Serve switches every Ray process of a deployment reads, set before Ray
+# starts (`shardserve run`) or on the Ray pods (the rendered RayService).
+# HAProxy on each node forwards requests straight to the model replicas' own
+# HTTP servers ("direct ingress"). Its buffers hold headers up to 64 KiB, so
+# oversized headers (over 32 KiB) get the replica's OpenAI-shaped 431 rather
+# than HAProxy's HTML 400 (which only headers past 64 KiB still get).
+RAY_SERVE_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_HAPROXY_TUNE_BUFSIZE": str(64 * 1024)}
+
+# Serve answers its own plain-text 408 at its HTTP timeout; it waits a little
 # longer than the ingress, which answers an OpenAI-shaped 504 and stops the engine.
 PROXY_TIMEOUT_MARGIN_S = 5.0
 
@@ -91,8 +99,12 @@ def build_deployment_config(md: ModelDeployment) -> dict[str, Any]:
     spec = md.spec
     config: dict[str, Any] = {
         "name": LLM_DEPLOYMENT,
-        "max_ongoing_requests": spec.serving.max_ongoing_requests,
-        "max_queued_requests": spec.serving.max_queued_requests,
+        # A replica admits maxOngoingRequests + maxQueuedRequests itself and
+        # answers an OpenAI 429 past that (ingress.AdmissionLimit). Serve's own
+        # limits sit above it and never reject (Serve's answer is plain text),
+        # so excess requests reach the replica and get that 429 at once.
+        "max_ongoing_requests": SERVE_LIMIT_FACTOR * (spec.serving.max_ongoing_requests + spec.serving.max_queued_requests),
+        "max_queued_requests": -1,
         # Let in-flight requests finish before a replica stops.
         "graceful_shutdown_timeout_s": spec.serving.request_timeout_seconds,
     }

@@ -1,6 +1,11 @@
 """The HTTP ingress: Ray Serve LLM's OpenAI ingress on our own FastAPI app,
-which adds a health route, API keys, request limits, and answers every error
-in OpenAI's shape. Everything here runs before a request reaches the engine."""
+which adds a health route, API keys, request limits, admission, and answers
+every error in OpenAI's shape. Everything here runs before a request reaches
+the engine.
+
+The app is served by the model replica itself (`build_ingress_app`): the
+ingress calls the replica's methods in-process (in_process.py), so no Ray hop
+lies between the HTTP server and the engine."""
 
 from __future__ import annotations
 
@@ -20,22 +25,17 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
     CompletionRequest,
     OpenAIHTTPException,
 )
-from ray.llm._internal.serve.core.ingress.ingress import (
-    DEFAULT_ENDPOINTS,
-    OpenAiIngress,
-    make_fastapi_ingress,
-)
+from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, OpenAiIngress
 from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError
 
+from shardserve.in_process import InProcessHandle
 from shardserve.api_keys import KeyStore, bearer_token, key_matches, keys_configured
 from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
 from shardserve.request_checks import RequestLimits, find_invalid_unicode, find_limit_violation
 from shardserve.request_metrics import record_rejected
 from shardserve.request_spans import trace_ingress_call
 from shardserve.request_lifetime import (
-    TrackedHandle, cancel_calls, failure_of, stream_until, timeout_message, tracking_calls,
+    TrackedHandle, cancel_calls, finish_calls, stream_until, timeout_message, tracking_calls,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,31 +69,36 @@ class ShardserveIngress(OpenAiIngress):
 
 
 async def _checked_call(endpoint: Callable[..., Any], body: Any, request: Request) -> Response:
-    """Body checks first; a full queue becomes our 429 instead of Serve's plain 503;
-    past the request timeout the client gets a 504 and the engine stops generating."""
+    """Body checks first; past the request timeout the client gets a 504 and the
+    engine stops generating."""
     await _check_body(request)
     limits = getattr(request.app.state, "limits", None)
     timeout_s = limits.request_timeout_seconds if limits else None
     deadline = asyncio.get_running_loop().time() + timeout_s if timeout_s else None
+    timer = asyncio.timeout_at(deadline)
     with tracking_calls() as calls:
         try:
-            async with asyncio.timeout_at(deadline):
+            async with timer:
                 response = await endpoint(body, request)
-        except BackPressureError:
-            return _queue_full()
-        except TimeoutError:
+        except BaseException:  # a timeout, an error, or the client went away before the first token
             cancel_calls(calls)
-            return _error_response(504, timeout_message(timeout_s), code="request_timeout")
-        except RayActorError as err:  # the replica died under the request
-            logger.error("model call failed: %r", err)
-            status, message, code = failure_of(err)
-            return _error_response(status, message, code=code)
-        except BaseException:  # an error, or the client went away before the first token
-            cancel_calls(calls)
+            if timer.expired():
+                return _timed_out(timeout_s)
             raise
+        # vLLM answers a cancelled request with an error response ("Client
+        # disconnected") instead of raising: the timer tells what happened.
+        if timer.expired():
+            cancel_calls(calls)
+            return _timed_out(timeout_s)
     if isinstance(response, StreamingResponse):
         response.body_iterator = stream_until(response.body_iterator, deadline, timeout_s, calls)
+    else:
+        await finish_calls(calls)  # the replica's spans end before the ingress span
     return response
+
+
+def _timed_out(timeout_s: Optional[float]) -> JSONResponse:
+    return _error_response(504, timeout_message(timeout_s or 0), code="request_timeout")
 
 
 async def _check_body(request: Request) -> None:
@@ -151,10 +156,32 @@ async def _on_openai_exception(_request: Request, exc: OpenAIHTTPException) -> J
     return _error_response(exc.status_code, message, param=param)
 
 
+class AdmissionLimit:
+    """429 `queue_full` once a replica holds `max_admitted` requests: the engine's
+    batch (maxOngoingRequests) plus its queue (maxQueuedRequests). Admitted
+    requests wait in vLLM's own scheduler queue, where the autoscaler sees them."""
+
+    def __init__(self, app: ASGIApp, max_admitted: int):
+        self.app = app
+        self.max_admitted = max_admitted
+        self.admitted = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/")):
+            await self.app(scope, receive, send)
+            return
+        if self.admitted >= self.max_admitted:
+            await _queue_full()(scope, receive, send)
+            return
+        self.admitted += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.admitted -= 1
+
+
 def _queue_full() -> JSONResponse:
-    # The deployment's queue is full: tell the client at once when to come back.
-    # (Caught in the endpoint: Serve replaces any app-level handler for this
-    # exception with its own plain-text 503.)
+    # The replica's queue is full: tell the client at once when to come back.
     record_rejected("queue_full")
     return _error_response(
         429,
@@ -308,17 +335,23 @@ def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: b
     app.add_exception_handler(OpenAIHTTPException, _on_openai_exception)
     app.add_exception_handler(RequestLimitError, _on_limit_error)
     app.add_exception_handler(Exception, _on_unexpected)
-    # Outermost last: request id, header size, API key, body size, content type.
+    # Outermost last: request id, header size, API key, admission, body size, content type.
     app.add_middleware(JsonBodyOnly)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(AdmissionLimit, max_admitted=limits.max_admitted)
     app.add_middleware(ApiKeyAuth, required=require_api_key)
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(SetRequestIdMiddleware)
     return app
 
 
-def make_ingress_class(limits: Optional[RequestLimits] = None, require_api_key: bool = False) -> type:
-    """The Serve deployment class: routes bound onto a fresh FastAPI app."""
-    return make_fastapi_ingress(
-        ShardserveIngress, endpoint_map=ENDPOINTS, app=build_fastapi_app(limits, require_api_key)
-    )
+def build_ingress_app(server: Any, model_id: str, model_card: Any,
+                      limits: Optional[RequestLimits] = None, require_api_key: bool = False) -> FastAPI:
+    """The replica's HTTP app: the ingress's routes, calling `server` (the
+    model replica itself) in this process."""
+    app = build_fastapi_app(limits, require_api_key)
+    ingress = ShardserveIngress(llm_deployments={model_id: InProcessHandle(server)},
+                                model_cards={model_id: model_card})
+    for name, route in ENDPOINTS.items():
+        route(app)(getattr(ingress, name))
+    return app

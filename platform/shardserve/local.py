@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, TextIO
 
-from shardserve.builder import build_proxy_timeout
+from shardserve.builder import RAY_SERVE_ENV, build_proxy_timeout
 from shardserve.placement import placement_for
 from shardserve.spec import ModelDeployment
 
@@ -104,6 +104,9 @@ def run_local(
     on_ready: Optional[Callable[[str], None]] = None,
 ) -> int:
     """Serves `md` until SIGINT/SIGTERM; returns the exit status."""
+    # Read when Ray Serve is imported, and by every Ray process: set first.
+    for name, value in RAY_SERVE_ENV.items():
+        os.environ.setdefault(name, value)
     import ray
     from ray import serve
 

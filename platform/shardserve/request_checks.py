@@ -52,6 +52,13 @@ class RequestLimits:
     max_messages: int = 512
     max_message_chars: int = 1_000_000
     request_timeout_seconds: Optional[float] = None
+    # One replica admits this many requests at once (engine slots plus its queue).
+    max_ongoing_requests: int = 64
+    max_queued_requests: int = 256
+
+    @property
+    def max_admitted(self) -> int:
+        return self.max_ongoing_requests + self.max_queued_requests
 
     @classmethod
     def from_serving(cls, serving: Any) -> "RequestLimits":

@@ -1,12 +1,10 @@
-"""How long a request may live past the ingress, and what ends it early.
+"""How long a request may live in the ingress, and what ends it early.
 
-Serve cancels a handle call only when told to (`.cancel()`): cancelling the
-coroutine that awaits a call leaves the model replica generating, so a
-timed-out request would keep the engine busy until its last token. The
-ingress therefore records each call a request makes to a model replica
+The ingress records each call a request makes to the model replica
 (`TrackedHandle`, `tracking_calls`) and cancels them when the request times
 out or its client goes away; the replica's stream then closes and vLLM aborts
-the request in the engine.
+the request in the engine. A non-streamed answer's calls are closed as soon
+as it is complete (`finish_calls`), so the replica's side ends with it.
 """
 
 from __future__ import annotations
@@ -18,12 +16,9 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, AsyncIterator, Iterator, Optional
 
-from ray.exceptions import RayActorError
-
 from shardserve.errors import INTERNAL_MESSAGE, openai_error
 
 logger = logging.getLogger(__name__)
-REPLICA_FAILED_MESSAGE = "the model replica serving this request failed; retry the request"
 
 _calls: ContextVar[Optional[list[Any]]] = ContextVar("shardserve_model_calls", default=None)
 
@@ -72,16 +67,15 @@ def cancel_calls(calls: list[Any]) -> None:
         call.cancel()
 
 
+async def finish_calls(calls: list[Any]) -> None:
+    """Closes calls whose answer is complete (a non-streamed response), so the
+    replica's side of the request ends now rather than when collected."""
+    for call in calls:
+        await call.aclose()
+
+
 def timeout_message(timeout_s: float) -> str:
     return f"the request took longer than the server's limit of {timeout_s:g}s"
-
-
-def failure_of(err: BaseException) -> tuple[int, str, Optional[str]]:
-    """Status, message and code for a call that failed: a replica that died is a
-    503 the client may retry; anything else is an opaque 500."""
-    if isinstance(err, RayActorError) or isinstance(err.__cause__, RayActorError):
-        return 503, REPLICA_FAILED_MESSAGE, "replica_failed"
-    return 500, INTERNAL_MESSAGE, None
 
 
 def error_event(status: int, message: str, code: Optional[str]) -> str:
@@ -98,16 +92,17 @@ async def stream_until(
 ) -> AsyncIterator[Any]:
     """Passes a stream's chunks on until the deadline (loop time), then ends it with a timeout event.
 
-    A failure upstream (e.g. the replica died) ends the stream with an error
-    event instead of a broken connection. When the stream ends early (deadline,
-    failure, or the client went away), the calls feeding it are cancelled.
+    A failure upstream ends the stream with an error event instead of a
+    broken connection. When the stream ends early (deadline, failure, or the
+    client went away), the calls feeding it are cancelled.
     Only the wait for the next chunk runs under the timeout, never the yield.
     """
     complete = False
     try:
         while True:
+            timer = asyncio.timeout_at(deadline)
             try:
-                async with asyncio.timeout_at(deadline):
+                async with timer:
                     chunk = await anext(chunks)
             except StopAsyncIteration:
                 complete = True
@@ -117,7 +112,10 @@ async def stream_until(
                 return
             except Exception as err:
                 logger.error("stream failed: %r", err)
-                yield error_event(*failure_of(err))
+                yield error_event(500, INTERNAL_MESSAGE, None)
+                return
+            if timer.expired():  # the engine answered its cancellation with an error chunk
+                yield error_event(504, timeout_message(timeout_s or 0), "request_timeout")
                 return
             yield chunk
     finally:

@@ -1,4 +1,6 @@
 """The model replica: Ray Serve LLM's LLMServer, which
+- serves HTTP itself: the OpenAI ingress (ingress.py) runs in this process
+  and calls the engine without a Ray hop,
 - makes sure the weights exist on its own node first (a builtin model is
   built there, not shipped),
 - reports its engine's queue (waiting, running) to the autoscaler,
@@ -20,6 +22,7 @@ from ray.llm._internal.serve.utils.batcher import Batcher
 
 from shardserve.autoscaling import RUNNING, WAITING
 from shardserve.cold_start import ColdStart
+from shardserve.request_checks import RequestLimits
 from shardserve.request_spans import trace_replica_call
 from shardserve.tracing import ENV_TRACES_ENDPOINT, tracing_enabled
 
@@ -29,8 +32,10 @@ logger = logging.getLogger(__name__)
 
 
 class ShardserveServer(LLMServer):
-    async def __init__(self, llm_config: Any, *, builtin_model: Optional[str] = None, **kwargs: Any):
+    async def __init__(self, llm_config: Any, *, builtin_model: Optional[str] = None,
+                       limits: Optional[RequestLimits] = None, require_api_key: bool = False, **kwargs: Any):
         self._builtin_model = builtin_model
+        self._limits, self._require_api_key = limits, require_api_key
         self._replica, app, deployment = _replica_identity()
         self._cold_start: Optional[ColdStart] = ColdStart(llm_config.model_id, app, deployment, self._replica)
         if tracing_enabled() and os.environ.get(ENV_TRACES_ENDPOINT):
@@ -43,6 +48,15 @@ class ShardserveServer(LLMServer):
             self._cold_start.failed(exc)
             raise
         self._cold_start.engine_started(llm_config)
+
+    async def __serve_build_asgi_app__(self) -> Any:
+        """The HTTP app Serve runs in this replica (after the engine started)."""
+        from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+        from shardserve.ingress import build_ingress_app
+
+        model_id = self._llm_config.model_id
+        return build_ingress_app(self, model_id, to_model_metadata(model_id, self._llm_config),
+                                 self._limits, self._require_api_key)
 
     async def start(self) -> None:
         if getattr(self, "_builtin_model", None):

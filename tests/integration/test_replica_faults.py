@@ -1,10 +1,13 @@
 """A model replica killed under load, on the real stack.
 
 Closed-loop clients (streamed and not) run against one replica; its process is
-killed with SIGKILL. Requests in flight on it must end promptly with a clean
-OpenAI-shaped 5xx (an error event then [DONE] in a stream), never hang or
-break the connection; Serve replaces the replica; requests sent after the
-kill succeed (they wait for the replacement); /health is 200 again.
+killed with SIGKILL. The replica serves HTTP itself, so a request in flight on
+it ends with its process: each must end promptly, either complete, or with a
+clean OpenAI-shaped 5xx (an error event then [DONE] in a stream), or with its
+connection closed (or HAProxy's plain 5xx) -- never hang. Requests sent after
+the kill must all succeed: HAProxy hands them to Serve's proxy while no
+replica is up, and it holds them until Serve's replacement serves. /health is
+200 again.
 """
 
 import asyncio
@@ -42,7 +45,9 @@ class Outcome:
     ended: float
     stream: bool
     status: int
-    result: str  # "ok", "error" (clean 5xx or error event), or "broken"
+    # "ok"; "error": a clean OpenAI-shaped 5xx or error event; "lost": the connection closed, or
+    # HAProxy's plain 5xx, as the process serving it died; "hang": a client timeout; "broken": anything else
+    result: str
     detail: str = ""
 
 
@@ -57,29 +62,39 @@ async def one(client: httpx.AsyncClient, i: int, stream: bool) -> Outcome:
             if response.status_code == 200:
                 ok = response.json()["usage"]["completion_tokens"] == 48
                 return Outcome(sent, time.monotonic(), False, 200, "ok" if ok else "broken", response.text[:200])
-            clean = response.status_code >= 500 and "error" in response.json()
-            return Outcome(sent, time.monotonic(), False, response.status_code, "error" if clean else "broken",
+            return Outcome(sent, time.monotonic(), False, response.status_code, failed(response),
                            response.text[:300])
         events = []
         async with client.stream("POST", "/v1/completions", json=body) as response:
             if response.status_code != 200:
                 await response.aread()
-                clean = response.status_code >= 500 and "error" in response.json()
-                return Outcome(sent, time.monotonic(), True, response.status_code, "error" if clean else "broken",
+                return Outcome(sent, time.monotonic(), True, response.status_code, failed(response),
                                response.text[:300])
             # Split at "\n" only: aiter_lines() also splits at U+2028 and U+0085, which generated text may hold.
             for line in (await response.aread()).decode().split("\n"):
                 if line.startswith("data: "):
                     events.append(line.removeprefix("data: "))
         if events[-1:] != ["[DONE]"]:
-            return Outcome(sent, time.monotonic(), True, 200, "broken", f"no [DONE]; last {events[-2:]}")
+            return Outcome(sent, time.monotonic(), True, 200, "lost", f"no [DONE]; last {events[-2:]}")
         errors = [e for e in events[:-1] if '"error"' in e and "error" in json.loads(e)]
         usage = [json.loads(e)["usage"] for e in events[:-1] if '"usage"' in e and json.loads(e).get("usage")]
         complete = bool(usage) and usage[-1]["completion_tokens"] == 48
         result = "error" if errors else "ok" if complete else "broken"
         return Outcome(sent, time.monotonic(), True, 200, result, errors[0][:300] if errors else "")
-    except httpx.HTTPError as err:  # timeouts (hangs) and broken connections
-        return Outcome(sent, time.monotonic(), stream, 0, "broken", repr(err))
+    except httpx.TimeoutException as err:
+        return Outcome(sent, time.monotonic(), stream, 0, "hang", repr(err))
+    except httpx.HTTPError as err:  # the connection closed under the request
+        return Outcome(sent, time.monotonic(), stream, 0, "lost", repr(err))
+
+
+def failed(response: httpx.Response) -> str:
+    """How a non-200 answer failed: "error" when clean, "lost" for HAProxy's own plain-text 5xx."""
+    if response.status_code < 500:
+        return "broken"
+    try:
+        return "error" if "error" in response.json() else "broken"
+    except ValueError:
+        return "lost"
 
 
 async def load(base_url: str, stop_at: dict, outcomes: list[Outcome], worker: int) -> None:
@@ -134,7 +149,7 @@ async def run_scenario(stack) -> tuple[float, list[Outcome], float]:
     return killed_at, outcomes, recovered_at
 
 
-def test_a_killed_replica_is_replaced_and_in_flight_requests_end_cleanly(stack):
+def test_a_killed_replica_is_replaced_and_in_flight_requests_end_promptly(stack):
     killed_at, outcomes, recovered_at = asyncio.run(run_scenario(stack))
     before = [o for o in outcomes if o.ended < killed_at]
     in_flight = [o for o in outcomes if o.sent < killed_at <= o.ended]
@@ -142,21 +157,16 @@ def test_a_killed_replica_is_replaced_and_in_flight_requests_end_cleanly(stack):
     for o in in_flight:
         print(f"in flight: stream={o.stream} sent {o.sent - killed_at:+.2f}s ended {o.ended - killed_at:+.2f}s "
               f"{o.status} {o.result} {o.detail[:160]}")
-    broken = [o for o in outcomes if o.result == "broken"]
-    assert not broken, [(o.stream, o.status, o.detail) for o in broken]
+    bad = [o for o in outcomes if o.result in ("hang", "broken")]
+    assert not bad, [(o.stream, o.status, o.result, o.detail) for o in bad]
     assert before and all(o.result == "ok" for o in before)
     assert in_flight, "the kill should catch requests in flight"
-    failed = [o for o in in_flight if o.result == "error"]
-    for o in failed:
-        assert o.ended - killed_at < 30, f"an in-flight request took {o.ended - killed_at:.0f}s to fail"
-        assert '"code":"replica_failed"' in o.detail.replace(" ", ""), o.detail
-        # A stream whose 200 headers went out before the kill ends with the error as its last event;
-        # any other response is a plain 503.
-        assert o.status == 503 or (o.stream and o.status == 200), (o.status, o.detail)
+    for o in in_flight:
+        assert o.ended - killed_at < 30, f"an in-flight request took {o.ended - killed_at:.0f}s to end"
     assert after and all(o.result == "ok" for o in after), [(o.status, o.detail) for o in after if o.result != "ok"]
-    print(f"\nbefore the kill: {len(before)} ok; in flight at the kill: {len(in_flight)} "
-          f"({len(failed)} clean 5xx, {len(in_flight) - len(failed)} ok); "
+    counts = {r: sum(o.result == r for o in in_flight) for r in ("ok", "error", "lost")}
+    print(f"\nbefore the kill: {len(before)} ok; in flight at the kill: {len(in_flight)} {counts}; "
           f"sent after the kill: {len(after)} ok; first success after the kill at +{recovered_at - killed_at:.1f}s; "
-          f"statuses of failures: {sorted({(o.stream, o.status, o.detail[:80]) for o in failed})}")
+          f"failures: {sorted({(o.stream, o.status, o.detail[:80]) for o in in_flight if o.result != 'ok'})}")
     # The replacement serves, and the deployment is ready again.
     assert httpx.get(f"{stack.base_url}/health", timeout=10).status_code == 200

@@ -123,7 +123,7 @@ def test_import_path_names_the_runtime_app_builder():
 @pytest.mark.parametrize(
     "case, replicas, low, high, gpus, num_cpus, strategy",
     [
-        ("tiny-cpu", 1, 1, 1, None, "3", "STRICT_PACK"),  # 1 vLLM worker + replica actor + ingress
+        ("tiny-cpu", 1, 1, 1, None, "2", "STRICT_PACK"),  # 1 vLLM worker + the replica actor (it serves HTTP)
         ("llama-8b-1gpu", 1, 1, 4, "1", "8", "STRICT_PACK"),
         ("llama-70b-tp4-pp2", 2, 2, 2, "8", None, "STRICT_PACK"),
         ("pipeline-across-nodes", 2, 0, 4, "8", "96", "PACK"),  # 2 pods per replica
@@ -141,6 +141,9 @@ def test_worker_group_is_sized_from_the_placement(case, replicas, low, high, gpu
     assert resources.get("limits", {}).get("nvidia.com/gpu") == gpus
     assert cluster["enableInTreeAutoscaling"] is True
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    # HAProxy on every node forwards requests straight to the model replicas.
+    for pod in (cluster["headGroupSpec"], group):
+        assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in pod["template"]["spec"]["containers"][0]["env"]
 
 
 def test_gpu_workers_tolerate_the_gpu_taint_and_keep_spec_tolerations():

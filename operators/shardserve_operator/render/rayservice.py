@@ -13,7 +13,7 @@ from typing import Any, Optional
 import yaml
 
 from shardserve.api_keys import KEYS_FILE_ENV
-from shardserve.builder import APP_IMPORT_PATH, PVC_MOUNT_ROOT, build_proxy_timeout, parse_quantity
+from shardserve.builder import APP_IMPORT_PATH, PVC_MOUNT_ROOT, RAY_SERVE_ENV, build_proxy_timeout, parse_quantity
 from shardserve.placement import Placement, placement_for
 from shardserve.spec import ModelDeployment
 from shardserve.tracing import build_tracing_env, compute_tracing_settings
@@ -33,16 +33,14 @@ MODEL_VOLUME = "models"
 API_KEYS_VOLUME = "api-keys"
 API_KEYS_MOUNT = "/etc/shardserve/api-keys"
 # KubeRay's default head ports; "serve" is the name KubeRay looks for, both for
-# its serve Service and for the Serve-proxy check in worker readiness probes.
+# its serve Service and for the proxy check (HAProxy here) in worker readiness probes.
 HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001))
 SERVE_PORT_NAME = "serve"
 # Ray's autoscaler default; with autoscaling the spec's downscale delay applies.
 DEFAULT_IDLE_TIMEOUT_SECONDS = 60
 # Logical CPUs a worker pod needs beyond its vLLM bundles: ray.serve.llm adds
-# the replica actor's CPU to the first bundle, and the OpenAI ingress replica
-# (Serve's default num_cpus=1) must land on a worker because the head has none.
+# the replica actor's CPU (which also serves HTTP) to the first bundle.
 REPLICA_ACTOR_CPUS = 1
-INGRESS_CPUS = 1
 
 
 def build_app_args(md: ModelDeployment) -> dict[str, Any]:
@@ -85,19 +83,20 @@ def _model_claim(md: ModelDeployment) -> Optional[str]:
 
 
 def _container(name: str, image: str, md: ModelDeployment, ports: list[dict], resources: dict) -> dict[str, Any]:
-    container: dict[str, Any] = {"name": name, "image": image, "ports": ports}
+    container: dict[str, Any] = {"name": name, "image": image, "ports": ports,
+                                 "env": [{"name": k, "value": v} for k, v in sorted(RAY_SERVE_ENV.items())]}
     if resources:
         container["resources"] = resources
     secret = md.spec.model.credentials_secret
     if secret:
         container["envFrom"] = [{"secretRef": {"name": secret}}]
     if md.spec.serving.api_key_secret:
-        container["env"] = [{"name": KEYS_FILE_ENV, "value": API_KEYS_MOUNT}]
+        container["env"].append({"name": KEYS_FILE_ENV, "value": API_KEYS_MOUNT})
         container["volumeMounts"] = [{"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT, "readOnly": True}]
     # spec.telemetry.tracing, as every Ray process reads it (Serve's proxy and replicas, vLLM).
     tracing_env = build_tracing_env(compute_tracing_settings(md.spec.telemetry, {}))
     if tracing_env:
-        container.setdefault("env", []).extend({"name": k, "value": v} for k, v in sorted(tracing_env.items()))
+        container["env"].extend({"name": k, "value": v} for k, v in sorted(tracing_env.items()))
     return container
 
 
@@ -124,7 +123,7 @@ def build_head_group(md: ModelDeployment, options: RenderOptions) -> dict[str, A
     if volumes:
         pod_spec["volumes"] = volumes
     return {
-        # No logical CPUs: replicas and the ingress never schedule on the head.
+        # No logical CPUs: model replicas never schedule on the head.
         # The dashboard listens on the pod network because KubeRay drives Serve
         # through it; only the NetworkPolicy's KubeRay rule and the token reach it.
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
@@ -157,7 +156,7 @@ def _worker_resources(md: ModelDeployment, placement: Placement) -> dict[str, An
 
 def _worker_start_params(md: ModelDeployment, placement: Placement) -> dict[str, str]:
     res = md.spec.resources
-    extra = REPLICA_ACTOR_CPUS + INGRESS_CPUS
+    extra = REPLICA_ACTOR_CPUS
     if res.accelerator == "cpu":
         # Logical CPUs may exceed the cores requested: Ray only counts them.
         return {"num-cpus": str(placement.accelerators_per_pod + extra)}

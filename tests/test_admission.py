@@ -1,0 +1,43 @@
+"""A replica admits maxOngoingRequests + maxQueuedRequests requests at once;
+past that, an immediate OpenAI-shaped 429 with Retry-After."""
+
+import asyncio
+
+import httpx
+import pytest
+from fastapi import Request
+
+from shardserve.ingress import build_fastapi_app
+from shardserve.request_checks import RequestLimits
+
+
+@pytest.mark.asyncio
+async def test_requests_past_the_replicas_limit_get_an_immediate_429():
+    app = build_fastapi_app(RequestLimits(max_ongoing_requests=2, max_queued_requests=1))
+    release = asyncio.Event()
+
+    @app.post("/v1/slow")
+    async def slow(request: Request):
+        await release.wait()
+        return {"ok": True}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
+        admitted = [asyncio.create_task(client.post("/v1/slow", json={})) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        rejected = await asyncio.gather(*(client.post("/v1/slow", json={}) for _ in range(2)))
+        assert (await client.get("/health")).status_code == 200  # never counted or refused
+        release.set()
+        done = await asyncio.gather(*admitted)
+        after = await client.post("/v1/slow", json={})
+
+    assert [r.status_code for r in done] == [200, 200, 200]
+    for response in rejected:
+        assert response.status_code == 429 and response.headers["retry-after"] == "1"
+        error = response.json()["error"]
+        assert (error["type"], error["code"]) == ("rate_limit_error", "queue_full")
+    assert after.status_code == 200  # the slots came back
