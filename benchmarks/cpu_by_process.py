@@ -30,7 +30,7 @@ from shardserve.validation import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 # Process titles, most specific first: Ray names its workers after the actor.
-KINDS = ("VLLM::Worker", "EngineCore", "ServeReplica:{app}:ingress", "ServeReplica:{app}:llm", "ServeReplica",
+KINDS = ("VLLM::Worker", "EngineCore", "ServeReplica:{app}:llm", "ServeReplica", "haproxy",
          "ProxyActor", "ServeController", "raylet", "gcs_server", "dashboard", "api_server", "runtime_env")
 
 
