@@ -25,6 +25,8 @@ COLD_START_CALLBACK = "shardserve.cold_start:ColdStartCallback"
 # collects a batch; 0 sends each engine output as soon as it exists.
 STREAM_BATCHING_INTERVAL_MS = 50
 
+# Serve's own per-replica limit, as a multiple of what a replica admits itself
+# (build_deployment_config): room for a burst to reach the replica's 429.
 SERVE_LIMIT_FACTOR = 4
 
 # Ray Serve switches every Ray process of a deployment reads, set before Ray

@@ -4,8 +4,9 @@ Ray Serve LLM's OpenAI ingress calls.
 The ingress runs inside the model replica (`ShardserveServer` serves HTTP
 itself), so a request goes from the HTTP server to the engine without a Ray
 hop: no serialisation per streamed chunk, no second process. `OpenAiIngress`
-only uses `handle.options(...)`, `handle.<method>.remote(...)` and, through
-the request-lifetime code, `.cancel()`; this module provides exactly those.
+only uses `handle.options(...)` and `handle.<method>.remote(...)`, and the
+request-lifetime code `.cancel()` and `.aclose()`; this module provides
+exactly those.
 """
 
 from __future__ import annotations
