@@ -21,8 +21,8 @@ LLM_DEPLOYMENT = "llm"
 SERVER_CLS = "shardserve.server:ShardserveServer"
 # Marks the end of the model download in a replica's start (cold_start.py).
 COLD_START_CALLBACK = "shardserve.cold_start:ColdStartCallback"
-# Ray Serve LLM's default (50 ms) holds a stream's first token back while it
-# collects a batch; 0 sends each engine output as soon as it exists.
+# A stream's outputs after the first are sent in batches this often (Ray Serve
+# LLM's default); the replica sends the first at once (server.first_then_batched).
 STREAM_BATCHING_INTERVAL_MS = 50
 
 # Serve's own per-replica limit, as a multiple of what a replica admits itself

@@ -28,9 +28,9 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, OpenAiIngress
 from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware
 
-from shardserve.in_process import InProcessHandle
 from shardserve.api_keys import KeyStore, bearer_token, key_matches, keys_configured
 from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
+from shardserve.in_process import InProcessHandle
 from shardserve.request_checks import RequestLimits, find_invalid_unicode, find_limit_violation
 from shardserve.request_metrics import record_rejected
 from shardserve.request_spans import trace_ingress_call
