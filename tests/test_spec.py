@@ -68,6 +68,10 @@ def test_camel_case_round_trip():
         (with_spec(parallelism__tensor=4), "spec.parallelism.tensor: 4 is larger than a node"),
         (with_spec(parallelism__backend="ray"), "vLLM's CPU platform refuses the ray executor"),
         (with_spec(serving__port=80), "spec.serving.port: Input should be greater than or equal to 1024"),
+        # KubeRay's metrics port and Ray's worker ports (cluster review #4).
+        (with_spec(serving__port=8080), "spec.serving.port: 8080 is taken in every Ray pod: 8080 (KubeRay's metrics port)"),
+        (with_spec(serving__port=10500), "spec.serving.port: 10500 is taken in every Ray pod: 10002-19999"),
+        (with_spec(model__cacheSize="lots"), "spec.model.cacheSize: 'lots' is not a Kubernetes quantity"),
         (with_spec(ingress={"host": "Bad Host"}), "spec.ingress.host: String should match pattern"),
         ({**base(), "kind": "Deployment"}, "kind: Input should be 'ModelDeployment'"),
         ({**base(), "metadata": {"name": "Tiny_Model"}}, "metadata.name: 'Tiny_Model' must be a DNS-1123 label"),
@@ -107,3 +111,31 @@ def test_one_document_per_file(tmp_path):
 def test_missing_file_is_a_spec_error(tmp_path):
     with pytest.raises(SpecError, match="cannot read file"):
         load_file(tmp_path / "absent.yaml")
+
+
+def _cli(*argv: str) -> int:
+    from shardserve.cli import main
+
+    try:
+        return main(list(argv))
+    except SystemExit as stop:
+        return int(stop.code or 0)
+
+
+def test_validate_and_run_refuse_a_paused_deployment_naming_the_field(tmp_path, capsys):
+    """replicas: 0 pauses a deployment in a cluster; locally there is nothing to serve (cluster review #6)."""
+    path = tmp_path / "paused.yaml"
+    path.write_text(yaml.safe_dump(with_spec(replicas=0)))
+    assert _cli("validate", str(path)) == 2
+    assert "spec.replicas: 0 pauses the deployment in a cluster" in capsys.readouterr().err
+    assert _cli("run", str(path)) == 2  # refused before anything starts
+    assert "spec.replicas: 0" in capsys.readouterr().err
+    assert _cli("validate", "--cluster", str(path)) == 0
+    assert "valid ModelDeployment" in capsys.readouterr().out
+
+
+def test_validate_refuses_a_port_ray_takes(tmp_path, capsys):
+    path = tmp_path / "port.yaml"
+    path.write_text(yaml.safe_dump(with_spec(serving__port=8265)))
+    assert _cli("validate", "--cluster", str(path)) == 2
+    assert "spec.serving.port: 8265 is taken in every Ray pod" in capsys.readouterr().err

@@ -8,14 +8,19 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from shardserve.validation import SpecError, load_file
+from shardserve.validation import SpecError, check_servable_here, load_file
 
 EXIT_INVALID = 2
 
 
-def _load_or_exit(path: str):
+def _load_or_exit(path: str, *, servable_here: bool = True):
+    """The file's ModelDeployment; with `servable_here`, also one `shardserve run` can serve."""
     try:
-        return load_file(path)
+        md = load_file(path)
+        problems = check_servable_here(md) if servable_here else []
+        if problems:
+            raise SpecError(problems, path)
+        return md
     except SpecError as err:
         print(f"shardserve: {err}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
@@ -43,7 +48,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    md = _load_or_exit(args.file)
+    md = _load_or_exit(args.file, servable_here=not args.cluster)
     print(f"{args.file}: valid ModelDeployment {md.metadata.name!r}")
     return 0
 
@@ -82,7 +87,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
     from shardserve_operator.render import render_children, render_yaml
     from shardserve_operator.settings import OperatorSettings
 
-    md = _load_or_exit(args.file)
+    md = _load_or_exit(args.file, servable_here=False)
     settings = OperatorSettings.from_env(os.environ)
     sys.stdout.write(render_yaml(render_children(md, settings.render_options())))
     return 0
@@ -138,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a ModelDeployment file")
     validate.add_argument("file")
+    validate.add_argument("--cluster", action="store_true",
+                          help="check for a cluster only: accept what only a cluster does (replicas: 0 pauses)")
     validate.set_defaults(func=_cmd_validate)
 
     model = sub.add_parser("model", help="builtin models")

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import yaml
 
+from shardserve.kuberay import RESERVED_PORTS, PortRange
 from shardserve.spec import (
     _DNS_LABEL,
     _QUANTITY,
@@ -73,6 +74,13 @@ class Rule:
         return out
 
 
+def _port_outside(ranges: tuple[PortRange, ...]) -> str:
+    return " && ".join(f"self.port != {r.low}" if r.low == r.high else f"(self.port < {r.low} || self.port > {r.high})"
+                       for r in ranges)
+
+
+_RESERVED_PORT_RULE = _port_outside(RESERVED_PORTS)
+
 # Rules across fields, by the path of the object they sit on. Each mirrors a
 # check in spec.py or placement.py (tests hold both to the same verdicts).
 RULES: dict[tuple[str, ...], tuple[Rule, ...]] = {
@@ -111,6 +119,12 @@ RULES: dict[tuple[str, ...], tuple[Rule, ...]] = {
              "spec.resources.acceleratorType applies to GPUs only; remove it for accelerator cpu",
              field_path=".acceleratorType"),
     ),
+    ("spec", "serving"): (
+        Rule(_RESERVED_PORT_RULE,
+             "spec.serving.port is taken in every Ray pod: 6379, 8080, 8265, 8404, 9101, 10001-19999, "
+             "30000-31000, 40000-41000 and 52365 belong to KubeRay and Ray",
+             field_path=".port"),
+    ),
     ("spec", "autoscaling"): (
         Rule("self.maxReplicas >= self.minReplicas",
              "spec.autoscaling.maxReplicas must be >= spec.autoscaling.minReplicas",
@@ -123,6 +137,7 @@ RULES: dict[tuple[str, ...], tuple[Rule, ...]] = {
 # What spec.py's field validators check on single strings, as patterns.
 PATTERNS: dict[tuple[str, ...], str] = {
     ("spec", "model", "source"): SOURCE_PATTERN,
+    ("spec", "model", "cacheSize"): _QUANTITY.pattern,
     ("spec", "engine", "kvCacheMemory"): _QUANTITY.pattern,
     ("spec", "resources", "cpu"): _QUANTITY.pattern,
     ("spec", "resources", "memory"): _QUANTITY.pattern,

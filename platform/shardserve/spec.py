@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from shardserve.kuberay import find_reserved_port
+
 API_GROUP = "shardserve.dev"
 API_VERSION = "v1alpha1"
 KIND = "ModelDeployment"
@@ -67,6 +69,13 @@ class ModelSpec(_Model):
         description="Secret with download credentials (HF_TOKEN, AWS_*, GOOGLE_*), "
         "passed to replicas as environment variables.",
     )
+    cache_size: Optional[str] = Field(
+        default=None,
+        description="Disk for downloaded weights on each worker pod (cluster only), as a quantity (e.g. "
+        "'200Gi', about 1.2x the weights): the pod's weight cache is an emptyDir at HF_HOME limited to "
+        "this size, and the pod requests it as ephemeral-storage. Unset: the cache volume has no limit "
+        "and nothing is requested. Sources read in place (pvc://, file://, builtin://) need none.",
+    )
 
     @field_validator("source")
     @classmethod
@@ -84,6 +93,11 @@ class ModelSpec(_Model):
         if scheme == "file" and not rest.startswith("/"):
             raise ValueError(f"file:// needs an absolute path (file:///models/x); got {value!r}")
         return value
+
+    @field_validator("cache_size")
+    @classmethod
+    def _cache_quantity(cls, value: Optional[str]) -> Optional[str]:
+        return _check_quantity(value)
 
     @property
     def scheme(self) -> str:
@@ -212,7 +226,11 @@ class ServingSpec(_Model):
         description="Secret holding API keys, one key per data entry (the entry's name is a label); "
                     "when set, /v1/* needs 'Authorization: Bearer <key>'. Keys rotate without a restart.",
     )
-    port: int = Field(default=8000, ge=1024, le=65535, description="HTTP port of the OpenAI endpoint.")
+    port: int = Field(
+        default=8000, ge=1024, le=65535,
+        description="HTTP port of the OpenAI endpoint. Ports KubeRay or Ray take on every pod are refused: "
+        "6379, 8080, 8265, 8404, 9101, 10001-19999, 30000-31000, 40000-41000 and 52365.",
+    )
     max_request_bytes: int = Field(
         default=4 * 1024 * 1024, ge=1024, le=1024**3,
         description="Largest request body accepted on /v1/*; bigger bodies get HTTP 413.",
@@ -230,6 +248,15 @@ class ServingSpec(_Model):
     max_message_chars: int = Field(
         default=1_000_000, ge=1, le=100_000_000, description="Most characters of text in one chat message.",
     )
+
+
+    @field_validator("port")
+    @classmethod
+    def _port_free_in_ray_pods(cls, value: int) -> int:
+        taken = find_reserved_port(value)
+        if taken is not None:
+            raise ValueError(f"{value} is taken in every Ray pod: {taken.describe()}")
+        return value
 
 
 class IngressSpec(_Model):
@@ -274,7 +301,9 @@ class ModelDeploymentSpec(_Model):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="What one replica runs on.")
     replicas: Optional[int] = Field(
         default=None, ge=0, le=1000,
-        description="Fixed replica count when autoscaling is not set (the /scale subresource). Default 1.",
+        description="Fixed replica count when autoscaling is not set (the /scale subresource). Default 1. "
+        "0 pauses the deployment in a cluster: its RayService and every Ray pod are deleted, the Service "
+        "and Ingress stay, and a count above 0 starts it again from scratch.",
     )
     autoscaling: Optional[AutoscalingSpec] = Field(default=None, description="Queue-depth autoscaling bounds.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="Request limits and access.")

@@ -79,6 +79,14 @@ def check_deployment(md: ModelDeployment) -> list[str]:
     return problems
 
 
+def check_servable_here(md: ModelDeployment) -> list[str]:
+    """What a cluster accepts but `shardserve run` cannot serve: a paused deployment."""
+    if md.spec.autoscaling is None and md.spec.replicas == 0:
+        return ["spec.replicas: 0 pauses the deployment in a cluster (no Ray pods, no accelerators held); "
+                "shardserve run serves at least one replica: set replicas >= 1"]
+    return []
+
+
 def parse_deployment(data: Any, source: str = "") -> ModelDeployment:
     """Validates a parsed document; raises SpecError listing every problem."""
     if not isinstance(data, dict):
