@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from shardserve.builder import PROXY_TIMEOUT_MARGIN_S, PVC_MOUNT_ROOT
+from shardserve.kuberay import build_head_service_ports, check_group_resources, find_duplicate_ports
 from shardserve.placement import placement_for
 from shardserve.validation import load_file, parse_deployment
 
@@ -125,7 +126,8 @@ def test_import_path_names_the_runtime_app_builder():
     [
         ("tiny-cpu", 1, 1, 1, None, "2", "STRICT_PACK"),  # 1 vLLM worker + the replica actor (it serves HTTP)
         ("llama-8b-1gpu", 1, 1, 4, "1", "8", "STRICT_PACK"),
-        ("llama-70b-tp4-pp2", 2, 2, 2, "8", None, "STRICT_PACK"),
+        # No resources.cpu: a core per GPU worker and one for the replica actor (review #1).
+        ("llama-70b-tp4-pp2", 2, 2, 2, "8", "9", "STRICT_PACK"),
         ("pipeline-across-nodes", 2, 0, 4, "8", "96", "PACK"),  # 2 pods per replica
     ],
 )
@@ -135,12 +137,17 @@ def test_worker_group_is_sized_from_the_placement(case, replicas, low, high, gpu
     cluster = by_kind(render_children(md))["RayService"]["spec"]["rayClusterConfig"]
     (group,) = cluster["workerGroupSpecs"]
     assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (replicas, low, high)
-    assert group["rayStartParams"].get("num-cpus") == num_cpus
+    # Ray resources in the group's map only: KubeRay refuses a group that also sets them as start params.
+    assert group["resources"]["CPU"] == num_cpus
+    assert group["resources"].get("GPU") == gpus
+    assert check_group_resources(group) is None
     resources = group["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"].get("nvidia.com/gpu") == gpus
     assert resources.get("limits", {}).get("nvidia.com/gpu") == gpus
     assert cluster["enableInTreeAutoscaling"] is True
-    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+    # The head holds no replica, even on a node whose GPUs the runtime can see (review #15).
+    assert cluster["headGroupSpec"]["resources"] == {"CPU": "0", "GPU": "0"}
+    assert check_group_resources(cluster["headGroupSpec"]) is None
     # HAProxy on every node forwards requests straight to the model replicas.
     for pod in (cluster["headGroupSpec"], group):
         assert {"name": "RAY_SERVE_ENABLE_HA_PROXY", "value": "1"} in pod["template"]["spec"]["containers"][0]["env"]
@@ -206,6 +213,8 @@ def test_credentials_secret_reaches_every_ray_container_and_image_falls_back_to_
 def test_kuberay_switches_are_used():
     spec = by_kind(render_case("tiny-cpu"))["RayService"]["spec"]
     assert spec["excludeHeadPodFromServeSvc"] is True
+    # Scale to zero keeps the head's proxy in the serve Service: it receives the waking request (review #5).
+    assert by_kind(render_case("pipeline-across-nodes"))["RayService"]["spec"]["excludeHeadPodFromServeSvc"] is False
     assert spec["upgradeStrategy"] == {"type": "NewCluster"}
     assert spec["rayClusterConfig"]["autoscalerOptions"]["idleTimeoutSeconds"] == 60
     scaled = by_kind(render_case("llama-8b-1gpu"))["RayService"]["spec"]
@@ -242,7 +251,12 @@ def test_only_the_openai_port_is_reachable_through_service_and_ingress(case):
         assert backends == [{"name": objects["Service"]["metadata"]["name"], "port": {"number": serve_port}}]
     cluster = objects["RayService"]["spec"]["rayClusterConfig"]
     assert cluster["authOptions"] == {"mode": "token"}
-    assert objects["RayService"]["spec"]["excludeHeadPodFromServeSvc"] is True
+    # The head takes traffic only to wake a deployment scaled to zero.
+    scaling = load_file(CASES[case]).spec.autoscaling
+    assert objects["RayService"]["spec"]["excludeHeadPodFromServeSvc"] is not (scaling and scaling.min_replicas == 0)
+    # KubeRay's head Service: every named head port plus metrics 8080; a duplicate is refused (review #4).
+    head_ports = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+    assert find_duplicate_ports(build_head_service_ports(head_ports)) == []
 
 
 def test_ingress_only_when_set_and_routes_to_the_service():

@@ -27,6 +27,7 @@ __all__ = [
     "build_rayservice",
     "build_service",
     "compute_hash",
+    "is_paused",
     "read_hash",
     "render_children",
     "render_yaml",
@@ -64,6 +65,11 @@ def _finish(obj: dict[str, Any], namespace: Optional[str], owner: Optional[dict[
     return obj
 
 
+def is_paused(md: ModelDeployment) -> bool:
+    """`replicas: 0`: Serve cannot run an application of zero fixed replicas, so nothing runs."""
+    return md.spec.autoscaling is None and md.spec.replicas == 0
+
+
 def render_children(
     md: ModelDeployment,
     options: RenderOptions = RenderOptions(),
@@ -73,11 +79,14 @@ def render_children(
 ) -> list[dict[str, Any]]:
     """RayService, Service and (when spec.ingress is set) Ingress, each stamped with its hash.
 
+    A paused deployment (`replicas: 0`) has no RayService: no Ray pod, no
+    accelerator held. Its Service and Ingress stay, so clients keep the name.
     Without `owner_uid` (no cluster, as in `shardserve render`) the objects
     carry no owner reference; the operator always sets one.
     """
     owner = naming.build_owner_reference(md.metadata.name, owner_uid) if owner_uid else None
-    objects = [build_rayservice(md, options), build_service(md, active_cluster)]
+    objects = [] if is_paused(md) else [build_rayservice(md, options)]
+    objects.append(build_service(md, active_cluster))
     ingress = build_ingress(md)
     if ingress is not None:
         objects.append(ingress)

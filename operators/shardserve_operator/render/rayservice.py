@@ -7,6 +7,8 @@ Serve application, which imports the same builder `shardserve run` uses.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any, Optional
 
@@ -14,6 +16,7 @@ import yaml
 
 from shardserve.api_keys import KEYS_FILE_ENV
 from shardserve.builder import APP_IMPORT_PATH, PVC_MOUNT_ROOT, RAY_SERVE_ENV, build_proxy_timeout, parse_quantity
+from shardserve.gpu_products import build_gpu_affinity
 from shardserve.placement import Placement, placement_for
 from shardserve.spec import ModelDeployment
 from shardserve.tracing import build_tracing_env, compute_tracing_settings
@@ -27,6 +30,17 @@ WORKER_CONTAINER = "ray-worker"
 WORKER_GROUP = "workers"
 GPU_RESOURCE = "nvidia.com/gpu"
 MODEL_VOLUME = "models"
+# Downloaded weights (hf://, s3://, gs://): Ray Serve LLM and vLLM download
+# into the Hugging Face cache on every node of a replica, so the cache is a
+# volume of the pod, not the container's writable layer; it survives
+# container restarts.
+CACHE_VOLUME = "model-cache"
+CACHE_MOUNT = "/var/cache/shardserve"
+DOWNLOADED_SCHEMES = ("hf", "s3", "gs")
+# A change to Serve's HTTP options (port, request timeout) must restart Ray:
+# Serve refuses to update them on a running instance. Their hash on the pod
+# templates makes KubeRay start a new cluster for such a change.
+ANNOTATION_HTTP_OPTIONS = "shardserve.dev/serve-http-options"
 # The serving.apiKeySecret, mounted read-only: one file per key. The kubelet
 # updates the files in place when the Secret changes, and the ingress re-reads
 # them (shardserve.api_keys), so keys rotate without a restart.
@@ -41,6 +55,10 @@ DEFAULT_IDLE_TIMEOUT_SECONDS = 60
 # Logical CPUs a worker pod needs beyond its vLLM bundles: ray.serve.llm adds
 # the replica actor's CPU (which also serves HTTP) to the first bundle.
 REPLICA_ACTOR_CPUS = 1
+# KubeRay deletes the old cluster this long after switching traffic to the
+# new one (its own default is 60 s); streams that started on the old cluster
+# get the whole request timeout to finish.
+MIN_CLUSTER_DELETION_DELAY_SECONDS = 60
 
 
 def build_app_args(md: ModelDeployment) -> dict[str, Any]:
@@ -56,15 +74,14 @@ def build_app_args(md: ModelDeployment) -> dict[str, Any]:
     }
 
 
+def build_http_options(md: ModelDeployment) -> dict[str, Any]:
+    return {"host": "0.0.0.0", "port": md.spec.serving.port, "request_timeout_s": build_proxy_timeout(md)}
+
+
 def build_serve_config(md: ModelDeployment) -> str:
     """serveConfigV2: one application on "/", plus the proxy's HTTP options."""
-    serving = md.spec.serving
     config = {
-        "http_options": {
-            "host": "0.0.0.0",
-            "port": serving.port,
-            "request_timeout_s": build_proxy_timeout(md),
-        },
+        "http_options": build_http_options(md),
         "applications": [
             {
                 "name": md.metadata.name,
@@ -75,6 +92,11 @@ def build_serve_config(md: ModelDeployment) -> str:
         ],
     }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def _template_annotations(md: ModelDeployment) -> dict[str, str]:
+    raw = json.dumps(build_http_options(md), sort_keys=True)
+    return {ANNOTATION_HTTP_OPTIONS: hashlib.sha256(raw.encode()).hexdigest()[:16]}
 
 
 def _model_claim(md: ModelDeployment) -> Optional[str]:
@@ -123,47 +145,64 @@ def build_head_group(md: ModelDeployment, options: RenderOptions) -> dict[str, A
     if volumes:
         pod_spec["volumes"] = volumes
     return {
-        # No logical CPUs: model replicas never schedule on the head.
+        # No logical CPUs or GPUs: model replicas never schedule on the head,
+        # even where the runtime would show it a node's GPUs.
+        "resources": {"CPU": "0", "GPU": "0"},
         # The dashboard listens on the pod network because KubeRay drives Serve
         # through it; only the NetworkPolicy's KubeRay rule and the token reach it.
-        "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
+        "rayStartParams": {"dashboard-host": "0.0.0.0"},
         "template": {
-            "metadata": {"labels": naming.build_pod_labels(md.metadata.name)},
+            "metadata": {"labels": naming.build_pod_labels(md.metadata.name),
+                         "annotations": _template_annotations(md)},
             "spec": pod_spec,
         },
     }
 
 
-def _worker_resources(md: ModelDeployment, placement: Placement) -> dict[str, Any]:
+def _worker_cpu_request(md: ModelDeployment, placement: Placement) -> str:
+    """Cores a worker pod requests: resources.cpu, else one per worker plus the replica actor's."""
     res = md.spec.resources
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
+    if res.cpu:
+        return res.cpu
     if res.accelerator == "cpu":
         # vLLM's CPU workers pin one core block each (builder.cpu_threads_bind).
-        requests["cpu"] = res.cpu or str(placement.accelerators_per_pod)
-    else:
-        gpus = str(placement.accelerators_per_pod)
-        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = gpus
-        if res.cpu:
-            requests["cpu"] = res.cpu
+        return str(placement.accelerators_per_pod)
+    return str(placement.accelerators_per_pod + REPLICA_ACTOR_CPUS)
+
+
+def _worker_resources(md: ModelDeployment, placement: Placement) -> dict[str, Any]:
+    res = md.spec.resources
+    requests: dict[str, str] = {"cpu": _worker_cpu_request(md, placement)}
+    limits: dict[str, str] = {}
+    if res.accelerator != "cpu":
+        requests[GPU_RESOURCE] = limits[GPU_RESOURCE] = str(placement.accelerators_per_pod)
     if res.memory:
         requests["memory"] = limits["memory"] = res.memory
+    if md.spec.model.cache_size and md.spec.model.scheme in DOWNLOADED_SCHEMES:
+        requests["ephemeral-storage"] = md.spec.model.cache_size
     out: dict[str, Any] = {"requests": requests}
     if limits:
         out["limits"] = limits
     return out
 
 
-def _worker_start_params(md: ModelDeployment, placement: Placement) -> dict[str, str]:
+def build_worker_ray_resources(md: ModelDeployment, placement: Placement) -> dict[str, str]:
+    """The worker group's Ray resources, declared so that Ray's autoscaler can plan with them.
+
+    Without CPUs it can detect, the autoscaler fails to start (and with it
+    the head pod); a GPU type must be a resource of the node type, or no
+    replica asking for it is ever placed on a node the autoscaler adds.
+    """
     res = md.spec.resources
-    extra = REPLICA_ACTOR_CPUS
     if res.accelerator == "cpu":
         # Logical CPUs may exceed the cores requested: Ray only counts them.
-        return {"num-cpus": str(placement.accelerators_per_pod + extra)}
-    if res.cpu:
-        # KubeRay would take num-cpus from the request; keep room for the actors.
-        return {"num-cpus": str(max(extra, math.ceil(parse_quantity(res.cpu))))}
-    return {}  # Ray counts the node's cores
+        return {"CPU": str(placement.accelerators_per_pod + REPLICA_ACTOR_CPUS)}
+    cpus = max(REPLICA_ACTOR_CPUS, math.ceil(parse_quantity(_worker_cpu_request(md, placement))))
+    resources = {"CPU": str(cpus), "GPU": str(placement.accelerators_per_pod)}
+    if res.accelerator_type:
+        # What Ray Serve LLM adds to every bundle (0.001 each) for accelerator_type.
+        resources[f"accelerator_type:{res.accelerator_type}"] = "1"
+    return resources
 
 
 def _worker_bounds(md: ModelDeployment, placement: Placement) -> tuple[int, int, int]:
@@ -177,21 +216,38 @@ def _worker_bounds(md: ModelDeployment, placement: Placement) -> tuple[int, int,
     return spec.effective_replicas * pods, scaling.min_replicas * pods, scaling.max_replicas * pods
 
 
+def _add_model_volumes(md: ModelDeployment, worker: dict[str, Any], volumes: list[dict[str, Any]]) -> None:
+    model = md.spec.model
+    mounts = worker.setdefault("volumeMounts", [])
+    claim = _model_claim(md)
+    if claim:
+        volumes.append({"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        mounts.append({"name": MODEL_VOLUME, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    if model.scheme in DOWNLOADED_SCHEMES:
+        volumes.append({"name": CACHE_VOLUME,
+                        "emptyDir": {"sizeLimit": model.cache_size} if model.cache_size else {}})
+        mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT})
+        worker["env"].append({"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"})
+    if not mounts:
+        del worker["volumeMounts"]
+
+
 def build_worker_group(md: ModelDeployment, options: RenderOptions, placement: Placement) -> dict[str, Any]:
     res = md.spec.resources
     worker = _container(WORKER_CONTAINER, md.spec.image or options.default_image, md,
                         [_serve_port(md)], _worker_resources(md, placement))
     pod_spec: dict[str, Any] = {"containers": [worker]}
     volumes = _pod_volumes(md)
-    claim = _model_claim(md)
-    if claim:
-        volumes.append({"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-        worker.setdefault("volumeMounts", []).append(
-            {"name": MODEL_VOLUME, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    _add_model_volumes(md, worker, volumes)
     if volumes:
         pod_spec["volumes"] = volumes
     if res.node_selector:
         pod_spec["nodeSelector"] = dict(res.node_selector)
+    label = options.gpu_product_label
+    if res.accelerator_type and label and label not in res.node_selector:
+        # Only nodes whose GPUs Ray reports as this type; a nodeSelector on
+        # the same label replaces it.
+        pod_spec["affinity"] = build_gpu_affinity(res.accelerator_type, label)
     tolerations = [dict(t) for t in res.tolerations]
     if res.accelerator == GPU_RESOURCE:
         tolerations.insert(0, {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
@@ -203,9 +259,28 @@ def build_worker_group(md: ModelDeployment, options: RenderOptions, placement: P
         "replicas": replicas,
         "minReplicas": low,
         "maxReplicas": high,
-        "rayStartParams": _worker_start_params(md, placement),
-        "template": {"metadata": {"labels": naming.build_pod_labels(md.metadata.name)}, "spec": pod_spec},
+        # Ray resources here, not in rayStartParams: KubeRay refuses a group
+        # that sets both, and turns these into num-cpus, num-gpus and --resources.
+        "resources": build_worker_ray_resources(md, placement),
+        "rayStartParams": {},
+        "template": {
+            "metadata": {"labels": naming.build_pod_labels(md.metadata.name),
+                         "annotations": _template_annotations(md)},
+            "spec": pod_spec,
+        },
     }
+
+
+def _keeps_head_in_serve_service(md: ModelDeployment) -> bool:
+    """With a floor of zero replicas the head's proxy is what receives the request that wakes the model.
+
+    Ray Serve's HAProxy on the head falls back to the head's Serve proxy when
+    no replica runs (serve/_private/haproxy_templates.py, fallback_server);
+    that proxy holds the request while Serve starts a replica and Ray's
+    autoscaler adds a worker pod for it.
+    """
+    scaling = md.spec.autoscaling
+    return scaling is not None and scaling.min_replicas == 0
 
 
 def build_rayservice(md: ModelDeployment, options: RenderOptions) -> dict[str, Any]:
@@ -224,8 +299,12 @@ def build_rayservice(md: ModelDeployment, options: RenderOptions) -> dict[str, A
             # A changed cluster spec starts a new RayCluster and switches
             # traffic once it serves; Serve-only changes apply in place.
             "upgradeStrategy": {"type": "NewCluster"},
-            # The head runs no replicas, so it must not receive traffic.
-            "excludeHeadPodFromServeSvc": True,
+            # The old cluster stays until the requests it holds have had their time.
+            "rayClusterDeletionDelaySeconds": max(MIN_CLUSTER_DELETION_DELAY_SECONDS,
+                                                  math.ceil(build_proxy_timeout(md))),
+            # The head runs no replicas, so it receives traffic only when it
+            # must wake a deployment scaled to zero.
+            "excludeHeadPodFromServeSvc": not _keeps_head_in_serve_service(md),
             "serveConfigV2": build_serve_config(md),
             "rayClusterConfig": {
                 "rayVersion": options.ray_version,

@@ -1,0 +1,155 @@
+"""The render against what KubeRay and Ray do with it: one test per item of the cluster review it fixes."""
+
+from __future__ import annotations
+
+import copy
+from typing import get_args
+
+import pytest
+
+from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
+
+from shardserve.builder import build_proxy_timeout
+from shardserve.gpu_products import GPU_PRODUCT_LABEL, GPU_PRODUCTS
+from shardserve.kuberay import strip_hash_ignored
+from shardserve.spec import GpuType
+from shardserve.validation import load_file, parse_deployment
+from shardserve_operator.render import RenderOptions, is_paused, render_children
+from shardserve_operator.render.rayservice import ANNOTATION_HTTP_OPTIONS, CACHE_MOUNT, CACHE_VOLUME
+from tests.operator.test_operator_render import CASES, by_kind
+
+
+def _doc(case: str) -> dict:
+    md = load_file(CASES[case])
+    return {"apiVersion": md.api_version, "kind": md.kind, "metadata": {"name": md.metadata.name},
+            "spec": md.spec.model_dump(by_alias=True, exclude_none=True, mode="json")}
+
+
+def _with(case: str, **spec_changes) -> dict:
+    doc = copy.deepcopy(_doc(case))
+    for dotted, value in spec_changes.items():
+        node = doc["spec"]
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        if value is None:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return doc
+
+
+def _cluster(doc: dict, options: RenderOptions = RenderOptions()) -> dict:
+    return by_kind(render_children(parse_deployment(doc), options))["RayService"]["spec"]["rayClusterConfig"]
+
+
+def _worker_pod(doc: dict, options: RenderOptions = RenderOptions()) -> dict:
+    return _cluster(doc, options)["workerGroupSpecs"][0]["template"]["spec"]
+
+
+# ---------------------------------------------------------------- review #3 and #14: GPU types
+
+def test_gpu_type_is_a_ray_resource_of_the_worker_group():
+    """Ray Serve LLM asks every bundle for accelerator_type:<T>; the node type must offer it."""
+    group = _cluster(_doc("llama-70b-tp4-pp2"))["workerGroupSpecs"][0]
+    assert group["resources"]["accelerator_type:H100"] == "1"
+    without = _cluster(_with("llama-70b-tp4-pp2", resources__acceleratorType=None))["workerGroupSpecs"][0]
+    assert not [key for key in without["resources"] if key.startswith("accelerator_type:")]
+
+
+@pytest.mark.parametrize("gpu_type", get_args(GpuType))
+def test_every_gpu_type_pins_worker_pods_to_nodes_whose_gpus_ray_names_so(gpu_type):
+    """Each product's NVML name, as GPU Feature Discovery writes it, is one Ray detects as this type."""
+    pod = _worker_pod(_with("llama-70b-tp4-pp2", resources__acceleratorType=gpu_type))
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    (expression,) = term["matchExpressions"]
+    assert expression["key"] == GPU_PRODUCT_LABEL and expression["operator"] == "In"
+    assert expression["values"] == list(GPU_PRODUCTS[gpu_type])
+    for product in expression["values"]:
+        detected = NvidiaGPUAcceleratorManager._gpu_name_to_accelerator_type(product.replace("-", " "))
+        # A100-40G/80G are Ray's names for A100s of that memory; Ray itself reports both as A100.
+        family, _, memory = gpu_type.partition("-") if gpu_type.startswith("A100-") else (gpu_type, "", "")
+        assert detected.replace(" ", "-") == family, f"{product} is detected as {detected}, not {gpu_type}"
+        assert memory.removesuffix("G") in product if memory else True
+
+
+def test_a_node_selector_on_the_product_label_replaces_the_affinity():
+    doc = _with("llama-70b-tp4-pp2", resources__nodeSelector={GPU_PRODUCT_LABEL: "NVIDIA-H100-80GB-HBM3"})
+    pod = _worker_pod(doc)
+    assert "affinity" not in pod and pod["nodeSelector"] == {GPU_PRODUCT_LABEL: "NVIDIA-H100-80GB-HBM3"}
+    # Clusters without GPU Feature Discovery's labels switch it off for every deployment.
+    assert "affinity" not in _worker_pod(_doc("llama-70b-tp4-pp2"), RenderOptions(gpu_product_label=""))
+
+
+# ---------------------------------------------------------------- review #5 and #6: zero
+
+def test_replicas_zero_pauses_without_a_rayservice():
+    paused = parse_deployment(_with("llama-8b-1gpu", autoscaling=None, replicas=0))
+    assert is_paused(paused)
+    kinds = [obj["kind"] for obj in render_children(paused)]
+    assert kinds == ["Service", "Ingress"]
+    assert not is_paused(parse_deployment(_with("pipeline-across-nodes")))  # minReplicas 0 is scale to zero
+
+
+def test_scale_to_zero_lets_the_worker_group_reach_zero_and_keeps_the_head_serving():
+    spec = by_kind(render_children(load_file(CASES["pipeline-across-nodes"])))["RayService"]["spec"]
+    assert spec["excludeHeadPodFromServeSvc"] is False
+    group = spec["rayClusterConfig"]["workerGroupSpecs"][0]
+    assert group["minReplicas"] == 0
+
+
+# ---------------------------------------------------------------- review #10: the weight cache
+
+@pytest.mark.parametrize("source", ["hf://org/model", "s3://bucket/model", "gs://bucket/model"])
+def test_downloaded_weights_go_to_a_cache_volume_at_hf_home(source):
+    doc = _with("llama-8b-1gpu", model__source=source, model__cacheSize="40Gi")
+    pod = _worker_pod(doc)
+    (volume,) = [v for v in pod["volumes"] if v["name"] == CACHE_VOLUME]
+    assert volume["emptyDir"] == {"sizeLimit": "40Gi"}
+    (container,) = pod["containers"]
+    assert {"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT} in container["volumeMounts"]
+    assert {"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"} in container["env"]
+    assert container["resources"]["requests"]["ephemeral-storage"] == "40Gi"
+
+
+def test_cache_without_a_size_has_no_limit_and_requests_nothing():
+    pod = _worker_pod(_with("llama-8b-1gpu", model__cacheSize=None))
+    (volume,) = [v for v in pod["volumes"] if v["name"] == CACHE_VOLUME]
+    assert volume["emptyDir"] == {}
+    assert "ephemeral-storage" not in pod["containers"][0]["resources"]["requests"]
+
+
+@pytest.mark.parametrize("source", ["pvc://claim/model", "file:///models/model"])
+def test_weights_read_in_place_need_no_cache(source):
+    pod = _worker_pod(_with("llama-8b-1gpu", model__source=source, model__cacheSize=None))
+    assert CACHE_VOLUME not in [v["name"] for v in pod.get("volumes", [])]
+    assert "HF_HOME" not in [e["name"] for e in pod["containers"][0]["env"]]
+
+
+# ---------------------------------------------------------------- review #12: changes that need a new cluster
+
+def test_a_change_to_serves_http_options_changes_what_kuberay_hashes():
+    """Serve refuses new HTTP options on a running instance, so they must start a new cluster."""
+    before = _cluster(_doc("llama-8b-1gpu"))
+    after = _cluster(_with("llama-8b-1gpu", serving__requestTimeoutSeconds=1200))
+    assert strip_hash_ignored(before) != strip_hash_ignored(after)
+    for cluster in (before, after):
+        for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+            assert ANNOTATION_HTTP_OPTIONS in group["template"]["metadata"]["annotations"]
+
+
+def test_a_change_of_replica_bounds_is_invisible_to_kuberays_hash():
+    """Why the operator writes bounds onto the RayCluster itself (review #2)."""
+    before = _cluster(_doc("llama-8b-1gpu"))
+    after = _cluster(_with("llama-8b-1gpu", autoscaling__maxReplicas=8))
+    assert before["workerGroupSpecs"][0]["maxReplicas"] != after["workerGroupSpecs"][0]["maxReplicas"]
+    assert strip_hash_ignored(before) == strip_hash_ignored(after)
+    assert strip_hash_ignored(before, (1, 6, 2)) == strip_hash_ignored(after, (1, 6, 2))
+
+
+def test_the_old_cluster_outlives_the_longest_request():
+    md = load_file(CASES["pipeline-across-nodes"])
+    spec = by_kind(render_children(md))["RayService"]["spec"]
+    assert spec["rayClusterDeletionDelaySeconds"] >= build_proxy_timeout(md)
+    short = parse_deployment(_with("llama-8b-1gpu", serving__requestTimeoutSeconds=5))
+    assert by_kind(render_children(short))["RayService"]["spec"]["rayClusterDeletionDelaySeconds"] == 60
