@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shardserve.builder import PROXY_TIMEOUT_MARGIN_S, PVC_MOUNT_ROOT
+from shardserve.builder import PROXY_TIMEOUT_MARGIN_S, PVC_MOUNT_ROOT, build_llm_config
 from shardserve.kuberay import build_head_service_ports, check_group_resources, find_duplicate_ports
 from shardserve.placement import placement_for
 from shardserve.validation import load_file, parse_deployment
@@ -99,8 +99,15 @@ def test_serve_config_args_round_trip_through_the_runtime_parser(case):
     assert app["route_prefix"] == "/"
     assert app["name"] == md.metadata.name
     parsed = parse_deployment(app["args"])
-    assert parsed.spec == md.spec
     assert parsed.metadata.name == md.metadata.name
+    # The replica builds the same engine and deployment from the args as from the whole spec,
+    # with the replica count or bounds from the deployment's options in the Serve config.
+    built, whole = build_llm_config(parsed, builtin_dir="/m"), build_llm_config(md, builtin_dir="/m")
+    (options,) = app["deployments"]
+    counts = ("num_replicas", "autoscaling_config")
+    built["deployment_config"] = {k: v for k, v in built["deployment_config"].items() if k not in counts}
+    built["deployment_config"].update({k: v for k, v in options.items() if k in counts})
+    assert built == whole
     assert parsed.metadata.namespace == md.metadata.namespace
     assert config["http_options"] == {
         "host": "0.0.0.0",

@@ -6,6 +6,7 @@ import copy
 from typing import get_args
 
 import pytest
+import yaml
 
 from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
 
@@ -153,3 +154,52 @@ def test_the_old_cluster_outlives_the_longest_request():
     assert spec["rayClusterDeletionDelaySeconds"] >= build_proxy_timeout(md)
     short = parse_deployment(_with("llama-8b-1gpu", serving__requestTimeoutSeconds=5))
     assert by_kind(render_children(short))["RayService"]["spec"]["rayClusterDeletionDelaySeconds"] == 60
+
+
+# ---------------------------------------------------------------- what restarts replicas
+
+def _app_config(doc: dict):
+    from ray.serve.schema import ServeDeploySchema
+
+    rayservice = by_kind(render_children(parse_deployment(doc)))["RayService"]
+    (app,) = ServeDeploySchema.model_validate(yaml.safe_load(rayservice["spec"]["serveConfigV2"])).applications
+    return app
+
+
+def _code_version(doc: dict) -> str:
+    from ray.serve._private.deploy_utils import get_app_code_version
+
+    return get_app_code_version(_app_config(doc))
+
+
+@pytest.mark.parametrize("change", [
+    {"autoscaling": None, "replicas": 3},
+    {"autoscaling__minReplicas": 0},
+    {"autoscaling__maxReplicas": 9},
+    {"ingress__host": "other.example.com"},
+    {"resources__tolerations": [{"key": "k", "operator": "Exists"}]},
+    {"model__cacheSize": "80Gi"},
+    {"telemetry": {"tracing": {"endpoint": "http://otel:4318"}}},
+], ids=["fixed-count", "min", "max", "ingress", "tolerations", "cache", "tracing"])
+def test_scaling_and_cluster_only_edits_keep_serves_code_version(change):
+    """Serve restarts every replica when the code version changes; a scale must not."""
+    base = _with("llama-8b-1gpu", autoscaling=None, replicas=1) if "replicas" in change else _doc("llama-8b-1gpu")
+    assert _code_version(_with("llama-8b-1gpu", **change)) == _code_version(base)
+
+
+@pytest.mark.parametrize("change", [
+    {"engine__maxModelLen": 4096},
+    {"serving__maxOngoingRequests": 32},
+    {"autoscaling__targetQueueDepth": 2},
+], ids=["engine", "limits", "policy"])
+def test_edits_the_replicas_read_change_the_code_version(change):
+    assert _code_version(_with("llama-8b-1gpu", **change)) != _code_version(_doc("llama-8b-1gpu"))
+
+
+def test_replica_count_and_bounds_reach_serve_as_deployment_options():
+    fixed = _app_config(_with("llama-8b-1gpu", autoscaling=None, replicas=3))
+    (options,) = fixed.deployments
+    assert (options.name, options.num_replicas) == ("llm", 3)
+    scaled = _app_config(_with("llama-8b-1gpu", autoscaling__minReplicas=0, autoscaling__maxReplicas=6))
+    (options,) = scaled.deployments
+    assert options.autoscaling_config["min_replicas"] == 0 and options.autoscaling_config["max_replicas"] == 6

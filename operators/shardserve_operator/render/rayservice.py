@@ -15,7 +15,15 @@ from typing import Any, Optional
 import yaml
 
 from shardserve.api_keys import KEYS_FILE_ENV
-from shardserve.builder import APP_IMPORT_PATH, PVC_MOUNT_ROOT, RAY_SERVE_ENV, build_proxy_timeout, parse_quantity
+from shardserve.builder import (
+    APP_IMPORT_PATH,
+    LLM_DEPLOYMENT,
+    PVC_MOUNT_ROOT,
+    RAY_SERVE_ENV,
+    build_deployment_config,
+    build_proxy_timeout,
+    parse_quantity,
+)
 from shardserve.gpu_products import build_gpu_affinity
 from shardserve.placement import Placement, placement_for
 from shardserve.spec import ModelDeployment
@@ -61,17 +69,47 @@ REPLICA_ACTOR_CPUS = 1
 MIN_CLUSTER_DELETION_DELAY_SECONDS = 60
 
 
+# Spec fields the Serve application never reads: the pod templates, the
+# Service, the Ingress and the deployment's options below carry them. Serve
+# hashes an application's args into its code version
+# (serve/_private/deploy_utils.py get_app_code_version), and a new code
+# version restarts every replica, so a field left in the args would reload
+# the weights on each `kubectl scale` or Ingress edit.
+CLUSTER_ONLY_FIELDS = (
+    ("replicas",), ("ingress",), ("image",), ("telemetry",),
+    ("model", "cacheSize"), ("model", "credentialsSecret"),
+    ("resources", "nodeSelector"), ("resources", "tolerations"), ("resources", "memory"),
+    ("autoscaling", "minReplicas"), ("autoscaling", "maxReplicas"),
+)
+
+
 def build_app_args(md: ModelDeployment) -> dict[str, Any]:
-    """The ModelDeployment document passed to build_app: what `shardserve run` would load."""
+    """The ModelDeployment document passed to build_app, without the fields only the cluster reads."""
     metadata = {"name": md.metadata.name}
     if md.metadata.namespace:
         metadata["namespace"] = md.metadata.namespace
-    return {
-        "apiVersion": md.api_version,
-        "kind": md.kind,
-        "metadata": metadata,
-        "spec": md.spec.model_dump(by_alias=True, exclude_none=True, mode="json"),
-    }
+    spec = md.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    for *parents, leaf in CLUSTER_ONLY_FIELDS:
+        node = spec
+        for part in parents:
+            node = node.get(part) or {}
+        node.pop(leaf, None)
+    return {"apiVersion": md.api_version, "kind": md.kind, "metadata": metadata, "spec": spec}
+
+
+def build_deployment_options(md: ModelDeployment) -> dict[str, Any]:
+    """The model deployment's replica count or autoscaling bounds, as options of the Serve config.
+
+    Serve applies these to the running application without a new code
+    version: replicas are added or removed, none restarted.
+    """
+    config = build_deployment_config(md)
+    options: dict[str, Any] = {"name": LLM_DEPLOYMENT}
+    if "autoscaling_config" in config:
+        options["autoscaling_config"] = config["autoscaling_config"]
+    else:
+        options["num_replicas"] = config["num_replicas"]
+    return options
 
 
 def build_http_options(md: ModelDeployment) -> dict[str, Any]:
@@ -88,6 +126,7 @@ def build_serve_config(md: ModelDeployment) -> str:
                 "import_path": APP_IMPORT_PATH,
                 "route_prefix": "/",
                 "args": build_app_args(md),
+                "deployments": [build_deployment_options(md)],
             }
         ],
     }
