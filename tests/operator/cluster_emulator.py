@@ -23,6 +23,7 @@ from typing import Any, AsyncIterator, Optional
 
 import aiohttp.web
 import attrs
+import jsonpatch
 import kmock
 from kmock._internal import apps, dicts, enums, rendering
 
@@ -30,6 +31,8 @@ from kmock._internal import apps, dicts, enums, rendering
 RESOURCES = {
     "shardserve.dev/v1alpha1/modeldeployments": ("ModelDeployment", True, True),
     "ray.io/v1/rayservices": ("RayService", True, True),
+    "ray.io/v1/rayclusters": ("RayCluster", True, True),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", True, True),
     "v1/services": ("Service", True, True),
     "networking.k8s.io/v1/ingresses": ("Ingress", True, True),
     "v1/events": ("Event", True, False),
@@ -49,6 +52,7 @@ class Fault:
     times: int = 1
     retry_after: Optional[str] = None
     hits: int = 0
+    message: Optional[str] = None  # the Status message; default "injected <status>"
 
     def matches(self, request: rendering.Request) -> bool:
         return (self.hits < self.times and request.method.value == self.method.upper()
@@ -100,8 +104,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             self.resources[path] = {"kind": kind, "namespaced": namespaced, "verbs": VERBS,
                                     "subresources": ["status"] if status else []}
 
-    def inject(self, method: str, path: str, status: int, times: int = 1, retry_after: Optional[str] = None) -> Fault:
-        fault = Fault(method, path, status, times, retry_after)
+    def inject(self, method: str, path: str, status: int, times: int = 1, retry_after: Optional[str] = None,
+               message: Optional[str] = None) -> Fault:
+        fault = Fault(method, path, status, times, retry_after, message=message)
         self.faults.append(fault)
         return fault
 
@@ -145,7 +150,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if fault.matches(request):
                 fault.hits += 1
                 response = await self._render_error(kmock.KubernetesError(
-                    status=fault.status, reason="Injected", message=f"injected {fault.status}", details={}))
+                    status=fault.status, reason="Injected", message=fault.message or f"injected {fault.status}",
+                    details={}))
                 if fault.retry_after is not None:
                     response.headers["Retry-After"] = fault.retry_after
                 return response
@@ -215,7 +221,10 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             new = change
             new.setdefault("metadata", {})
         else:
-            new = copy.deepcopy(dict(dicts.patch_dict(old, change)))
+            try:
+                new = copy.deepcopy(dict(dicts.patch_dict(old, change)))
+            except jsonpatch.JsonPatchException as err:  # a failed `test` or a missing path, as the API server
+                raise kmock.KubernetesError(status=422, reason="Invalid", message=str(err)) from None
         status_only = request.subresource == "status"
         if status_only:
             new = {**old, "status": new.get("status")} if new.get("status") is not None else \
