@@ -189,3 +189,85 @@ def compute_rollout_done(rayservice: Mapping[str, Any]) -> bool:
         if condition.get("type") == UPGRADE_IN_PROGRESS and condition.get("status") == "True":
             return False
     return True
+
+
+# ---- The RayClusters behind a RayService (added for the operator's scaling
+# and status; line numbers at the tag named) ----
+
+# KubeRay creates each RayCluster of a RayService with a copy of the
+# RayService's labels plus two of its own, and the RayService as its
+# controller (rayservice_controller.go v1.5.1:1136-1143 and :1180
+# constructRayClusterForRayService; the same at v1.3.0:758-765 and
+# v1.6.2:1261-1266). It rewrites them only when it updates the cluster in
+# place (modifyRayCluster, rayservice_controller.go v1.5.1:1094-1121).
+ORIGINATED_FROM_CR_NAME_LABEL = "ray.io/originated-from-cr-name"  # utils/constant.go v1.5.1:17
+ORIGINATED_FROM_CRD_LABEL = "ray.io/originated-from-crd"  # utils/constant.go v1.5.1:18
+
+
+def build_cluster_labels(rayservice: Mapping[str, Any]) -> dict[str, str]:
+    """The labels KubeRay puts on a RayCluster it creates for `rayservice`."""
+    meta = rayservice.get("metadata") or {}
+    labels = dict(meta.get("labels") or {})
+    labels[ORIGINATED_FROM_CR_NAME_LABEL] = str(meta.get("name", ""))
+    labels[ORIGINATED_FROM_CRD_LABEL] = "RayService"  # utils/constant.go v1.5.1:286-288, utils/util.go:50
+    return labels
+
+
+def find_cluster_names(rayservice: Optional[Mapping[str, Any]]) -> tuple[Optional[str], Optional[str]]:
+    """(active, pending) RayCluster names from the RayService's status.
+
+    status.activeServiceStatus.rayClusterName and
+    status.pendingServiceStatus.rayClusterName (apis/ray/v1/rayservice_types.go
+    v1.5.1:134, :137, :167); KubeRay names the pending cluster before it creates
+    it (rayservice_controller.go v1.5.1:395-399).
+    """
+    status = (rayservice or {}).get("status") or {}
+    active = (status.get("activeServiceStatus") or {}).get("rayClusterName") or None
+    pending = (status.get("pendingServiceStatus") or {}).get("rayClusterName") or None
+    return active, pending
+
+
+def compute_desired_workers(group: Mapping[str, Any]) -> int:
+    """Worker pods KubeRay keeps for one group of a RayCluster.
+
+    replicas clamped into [minReplicas, maxReplicas], times numOfHosts; 0
+    while suspended (utils/util.go v1.5.1:386-407
+    GetWorkerGroupDesiredReplicas; v1.5.1 takes maxReplicas when min > max,
+    v1.6.2:387-405 no longer checks). Missing bounds are the CRD's defaults, 0
+    and 2147483647.
+    """
+    if group.get("suspend"):
+        return 0
+    low = int(group.get("minReplicas") or 0)
+    high = int(group["maxReplicas"]) if group.get("maxReplicas") is not None else 2**31 - 1
+    if low > high:
+        count = high
+    else:
+        replicas = group.get("replicas")
+        count = low if replicas is None else min(max(int(replicas), low), high)
+    return count * int(group.get("numOfHosts") or 1)
+
+
+@dataclass(frozen=True)
+class WorkerCounts:
+    desired: int
+    ready: int
+
+
+def read_worker_counts(cluster: Mapping[str, Any]) -> Optional[WorkerCounts]:
+    """Worker pods of a RayCluster from its own status, or None before KubeRay wrote one.
+
+    desiredWorkerReplicas is the sum of compute_desired_workers;
+    readyWorkerReplicas counts Running and Ready worker pods,
+    availableWorkerReplicas Running ones (apis/ray/v1/raycluster_types.go
+    v1.5.1:284-296, utils/util.go v1.5.1:447-475; the same fields in
+    raycluster_types.go v1.3.0:184-189).
+    Every field is omitempty: absent means 0.
+    """
+    status = cluster.get("status")
+    if not status:
+        return None
+    ready = status.get("readyWorkerReplicas")
+    if ready is None:
+        ready = status.get("availableWorkerReplicas", 0)
+    return WorkerCounts(desired=int(status.get("desiredWorkerReplicas") or 0), ready=int(ready or 0))
