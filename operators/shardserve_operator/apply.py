@@ -4,7 +4,9 @@ Get -> create, or compare the rendered hash -> replace, as KServe's controller
 does: API servers without server-side apply (and mock servers) behave the
 same, and a replace carrying the resourceVersion that was read fails with 409
 instead of overwriting someone's concurrent change. An object whose
-controller is not this ModelDeployment is never touched.
+controller is not this ModelDeployment is never touched. Every write uses
+strict field validation, so a field the installed CRD lacks fails the write
+instead of vanishing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,18 @@ from typing import Any, Mapping, Sequence
 from kubernetes.client.exceptions import ApiException
 
 from shardserve_operator import naming
-from shardserve_operator.kube import CHILD_KINDS, EVENT, MERGE_PATCH, MODEL_DEPLOYMENT, Kind, Kube, kind_of
+from shardserve_operator.checks import describe_unknown_fields, find_unknown_fields
+from shardserve_operator.kube import (
+    CHILD_KINDS,
+    EVENT,
+    MERGE_PATCH,
+    MODEL_DEPLOYMENT,
+    RAYSERVICE,
+    STRICT,
+    Kind,
+    Kube,
+    kind_of,
+)
 from shardserve_operator.observe import Observed, child_name
 from shardserve_operator.render import read_hash
 from shardserve_operator.status import EventRecord
@@ -47,6 +60,21 @@ class ApplyReport:
     @property
     def writes(self) -> int:
         return len(self.created) + len(self.updated) + len(self.deleted)
+
+
+class KubeRayUnsupportedError(Exception):
+    """The API server refused a KubeRay object under strict field validation: its CRD is too old."""
+
+
+def _write(kube: Kube, kind: Kind, method: str, path: str, body: Any, what: str) -> dict[str, Any]:
+    """One write with strict field validation; a KubeRay CRD lacking a field raises KubeRayUnsupportedError."""
+    try:
+        return kube.request(method, path, body, query=STRICT)
+    except ApiException as err:
+        fields = find_unknown_fields(err)
+        if fields and kind == RAYSERVICE:
+            raise KubeRayUnsupportedError(describe_unknown_fields(fields, what)) from err
+        raise
 
 
 def build_replacement(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
@@ -106,13 +134,14 @@ def apply_children(
                 report.deleted.append(what)
             continue
         if existing is None:
-            report.current[kind] = kube.request("POST", kind.path(namespace), want)
+            report.current[kind] = _write(kube, kind, "POST", kind.path(namespace), want, what)
             report.created.append(what)
         elif read_hash(existing) == read_hash(want):
             report.current[kind] = existing
             report.unchanged.append(what)
         else:
-            report.current[kind] = kube.request("PUT", kind.path(namespace, name), build_replacement(existing, want))
+            report.current[kind] = _write(kube, kind, "PUT", kind.path(namespace, name),
+                                          build_replacement(existing, want), what)
             report.updated.append(what)
     return report
 

@@ -23,9 +23,10 @@ from typing import Any, Mapping, Optional
 import kopf
 
 from shardserve_operator import naming
+from shardserve_operator.checks import compute_missing_fields, describe_missing_fields
 from shardserve_operator.kube import CHILD_KINDS, MODEL_DEPLOYMENT, Kind, Kube
 from shardserve_operator.metrics import ManagedState, compute_child_counts
-from shardserve_operator.observe import read_model_deployment
+from shardserve_operator.observe import read_model_deployment, read_rayservice_crd
 from shardserve_operator.reconcile import (
     ReconcileResult,
     compute_error_reason,
@@ -58,6 +59,33 @@ class Controller:
         self._reconciled: set[tuple[str, str]] = set()
         # Every watched ModelDeployment -> the status of its Ready condition.
         self._ready: dict[tuple[str, str], str] = {}
+        # RayService fields the installed CRD lacks (check_kuberay); none known until checked.
+        self.kuberay_missing: tuple[str, ...] = ()
+
+    def check_kuberay(self) -> tuple[str, ...]:
+        """Reads the installed RayService CRD and notes the fields the render needs that it lacks. Blocking.
+
+        A CRD that cannot be read (no RBAC, not installed yet, API errors)
+        leaves strict field validation on every write as the only check.
+        """
+        try:
+            crd = read_rayservice_crd(self.kube)
+        except Exception as err:  # 403 and the like: the writes' strict validation still catches it
+            log.warning("could not read the RayService CRD (%s); relying on strict field validation",
+                        getattr(err, "status", None) or type(err).__name__)
+            return self.kuberay_missing
+        if crd is None:
+            log.warning("the RayService CRD (rayservices.ray.io) is not installed; install KubeRay")
+            missing: tuple[str, ...] = ()
+        else:
+            missing = tuple(compute_missing_fields(crd))
+        if missing:
+            log.error("KubeRay is too old: %s. No ModelDeployment is applied until it is upgraded.",
+                      describe_missing_fields(missing))
+        elif self.kuberay_missing:
+            log.info("the RayService CRD now has every field the render uses")
+        self.kuberay_missing = missing
+        return missing
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())
@@ -86,8 +114,10 @@ class Controller:
         self._reconciled.add(key)
         started = time.monotonic()
         try:
+            if self.kuberay_missing:  # look again: KubeRay may have been upgraded since
+                await asyncio.to_thread(self.check_kuberay)
             result = await asyncio.to_thread(reconcile, self.kube, copy.deepcopy(dict(body)), self.settings,
-                                             attempt=attempt)
+                                             attempt=attempt, kuberay_missing=self.kuberay_missing)
         except Exception as err:
             self.kube.metrics.observe_reconcile(trigger, time.monotonic() - started, compute_error_reason(err))
             if isinstance(err, kopf.TemporaryError):

@@ -25,6 +25,10 @@ REQUEST_TIMEOUT = (5, 30)  # seconds: connect, read
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
+# Every write of a child asks the API server to refuse fields its schema does
+# not know instead of dropping them (the default, Warn, prunes them and only
+# sends a warning header): an older KubeRay CRD then fails the write loudly.
+STRICT = {"fieldValidation": "Strict"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Kind:
     api_version: str
     kind: str
     plural: str
+    namespaced: bool = True
 
     @property
     def group(self) -> str:
@@ -43,7 +48,7 @@ class Kind:
 
     def path(self, namespace: str, name: Optional[str] = None, subresource: Optional[str] = None) -> str:
         root = f"/apis/{self.api_version}" if self.group else f"/api/{self.api_version}"
-        path = f"{root}/namespaces/{namespace}/{self.plural}"
+        path = f"{root}/namespaces/{namespace}/{self.plural}" if self.namespaced else f"{root}/{self.plural}"
         if name:
             path += f"/{name}"
         if subresource:
@@ -57,6 +62,8 @@ SERVICE = Kind("v1", "Service", "services")
 INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses")
 EVENT = Kind("v1", "Event", "events")
 LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
+CUSTOM_RESOURCE_DEFINITION = Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition",
+                                  "customresourcedefinitions", namespaced=False)
 
 # Every kind the operator may create for a ModelDeployment, in apply order.
 CHILD_KINDS = (RAYSERVICE, SERVICE, INGRESS)
@@ -158,10 +165,10 @@ class Kube:
             raise ApiException.from_response(http_resp=response, body=response.data.decode("utf-8", "replace"), data=None)
         return json.loads(response.data) if response.data else {}
 
-    def get(self, kind: Kind, namespace: str, name: str) -> Optional[dict[str, Any]]:
+    def get(self, kind: Kind, namespace: Optional[str], name: str) -> Optional[dict[str, Any]]:
         """The object, or None when it does not exist."""
         try:
-            return self.request("GET", kind.path(namespace, name))
+            return self.request("GET", kind.path(namespace or "", name))
         except ApiException as err:
             if err.status == 404:
                 return None

@@ -119,6 +119,8 @@ class Operator:
     async def _lead(self, elector: Optional[LeaseElector]) -> int:
         assert self.kube is not None
         self.controller = Controller(self.kube, self.settings)
+        # Before any reconcile: an older KubeRay CRD would drop fields the render needs.
+        await asyncio.to_thread(self.controller.check_kuberay)
         registry = kopf.OperatorRegistry()
         register(registry, self.controller)
         _register_login(registry, self.settings)

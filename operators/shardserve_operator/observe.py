@@ -1,4 +1,4 @@
-"""Read-only view of a ModelDeployment's children (one GET per child kind)."""
+"""Read-only view of a ModelDeployment's children and of what they depend on (one GET each)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 from shardserve_operator import naming
-from shardserve_operator.kube import INGRESS, MODEL_DEPLOYMENT, RAYSERVICE, SERVICE, Kind, Kube
+from shardserve_operator.checks import RAYSERVICE_CRD_NAME
+from shardserve_operator.kube import CUSTOM_RESOURCE_DEFINITION, INGRESS, MODEL_DEPLOYMENT, RAYSERVICE, SERVICE, Kind, Kube
 
 _NAMERS = {RAYSERVICE: naming.rayservice_name, SERVICE: naming.service_name, INGRESS: naming.ingress_name}
 
@@ -35,6 +36,11 @@ def observe_children(kube: Kube, namespace: str, md_name: str) -> Observed:
 
 def read_model_deployment(kube: Kube, namespace: str, name: str) -> Optional[dict[str, Any]]:
     return kube.get(MODEL_DEPLOYMENT, namespace, name)
+
+
+def read_rayservice_crd(kube: Kube) -> Optional[dict[str, Any]]:
+    """KubeRay's RayService CustomResourceDefinition; None when it is not installed."""
+    return kube.get(CUSTOM_RESOURCE_DEFINITION, None, RAYSERVICE_CRD_NAME)
 
 
 def find_active_cluster(rayservice: Optional[Mapping[str, Any]]) -> Optional[str]:

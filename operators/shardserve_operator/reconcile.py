@@ -3,7 +3,9 @@
 Level-based and idempotent: it reads what exists and converges it, whatever
 triggered it, so a retry or a duplicate trigger is always safe. Errors leave
 as kopf errors: PermanentError for what only a new spec can fix,
-TemporaryError (with a backoff delay) for what time may fix.
+TemporaryError (with a backoff delay) for what time may fix. A KubeRay CRD
+too old for the render holds every write back and is looked at again after
+a while: nothing announces its upgrade.
 """
 
 from __future__ import annotations
@@ -23,13 +25,20 @@ from kubernetes.client.exceptions import ApiException
 
 from shardserve.validation import SpecError, parse_deployment
 
-from shardserve_operator.apply import ApplyReport, apply_children, apply_events, apply_status
+from shardserve_operator.apply import (
+    ApplyReport,
+    KubeRayUnsupportedError,
+    apply_children,
+    apply_events,
+    apply_status,
+)
+from shardserve_operator.checks import describe_missing_fields
 from shardserve_operator.kube import RAYSERVICE, Kind, Kube, retry_after_seconds
 from shardserve_operator.naming import is_controlled_by
 from shardserve_operator.observe import Observed, find_active_cluster, observe_children
 from shardserve_operator.render import read_hash, render_children
 from shardserve_operator.settings import OperatorSettings
-from shardserve_operator.status import ApplyOutcome, compute_events, compute_status
+from shardserve_operator.status import KUBERAY_UNSUPPORTED, ApplyOutcome, compute_events, compute_status
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +57,22 @@ class NotOwnedError(kopf.TemporaryError):
     """A child's name is taken by an object this ModelDeployment does not control."""
 
 
+class HeldBackError(kopf.TemporaryError):
+    """Nothing was written: the cluster lacks what the children need (`reason` is ResourcesApplied's)."""
+
+    def __init__(self, message: str, reason: str, delay: float):
+        super().__init__(message, delay=delay)
+        self.reason = reason
+
+
 def compute_error_reason(err: BaseException) -> str:
     """Why a reconcile failed, as one of metrics.ERROR_REASONS (a bounded label)."""
     if isinstance(err, InvalidSpecError):
         return "invalid_spec"
     if isinstance(err, NotOwnedError):
         return "not_owned"
+    if isinstance(err, HeldBackError):
+        return {KUBERAY_UNSUPPORTED: "kuberay_unsupported"}.get(err.reason, "other")
     cause = err.__cause__ if isinstance(err, (kopf.TemporaryError, kopf.PermanentError)) else err
     if isinstance(cause, ApiException):
         status = cause.status or 0
@@ -146,8 +165,13 @@ def reconcile(
     *,
     attempt: int = 0,
     now: Optional[datetime] = None,
+    kuberay_missing: tuple[str, ...] = (),
 ) -> ReconcileResult:
-    """Converges one ModelDeployment's children and status. Blocking (run it in a thread)."""
+    """Converges one ModelDeployment's children and status. Blocking (run it in a thread).
+
+    `kuberay_missing` are RayService fields the installed CRD lacks (seen at
+    start-up): while there are any, no child is written.
+    """
     now = now or datetime.now(timezone.utc)
     meta = body["metadata"]
     namespace, name, uid, generation = meta["namespace"], meta["name"], meta.get("uid"), meta.get("generation")
@@ -169,9 +193,21 @@ def reconcile(
         # Not retried: only a new spec (a new generation) can fix it.
         raise InvalidSpecError("invalid spec: " + "; ".join(err.problems)) from None
 
+    def hold_back(reason: str, message: str) -> HeldBackError:
+        """Reports why nothing is written, and when to look again."""
+        held = compute_status(md, ours, generation, applied=ApplyOutcome(error=message, reason=reason), **common)
+        with retried(attempt, settings):
+            _write_status(kube, body, previous, held, now)
+        return HeldBackError(f"{namespace}/{name}: {message}", reason, delay=settings.conflict_retry_seconds)
+
+    if kuberay_missing:
+        raise hold_back(KUBERAY_UNSUPPORTED, describe_missing_fields(kuberay_missing))
     desired = render_children(md, settings.render_options(), owner_uid=uid, active_cluster=find_active_cluster(ours))
     try:
         report = apply_children(kube, namespace, name, uid, desired, observed)
+    except KubeRayUnsupportedError as err:
+        log.error("%s/%s: %s", namespace, name, err)
+        raise hold_back(KUBERAY_UNSUPPORTED, str(err)) from err
     except Exception as err:
         retriable = is_retriable(err)
         if not retriable or attempt + 1 >= APPLY_FAILED_AFTER:

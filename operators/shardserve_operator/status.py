@@ -8,6 +8,9 @@ Condition types and reasons, all in one place:
                     False  InvalidSpec              nothing applied; children are left as they were
                     False  NotOwned                 a child's name is taken by an object this
                                                     ModelDeployment does not control
+                    False  KubeRayUnsupported       the installed KubeRay CRD lacks fields the render uses
+                                                    (seen at start-up, or a write refused under strict
+                                                    field validation); nothing is written until it is upgraded
                     False  ApplyFailed              the API server rejected or kept failing a write
   ServeReady        True   ServeRunning             KubeRay reports the RayService Ready and the
                                                     application is neither failed nor unhealthy
@@ -53,6 +56,7 @@ SPEC_ACCEPTED = "SpecAccepted"
 INVALID_SPEC = "InvalidSpec"
 APPLIED = "Applied"
 NOT_OWNED = "NotOwned"
+KUBERAY_UNSUPPORTED = "KubeRayUnsupported"
 APPLY_FAILED = "ApplyFailed"
 SERVE_RUNNING = "ServeRunning"
 WAITING_FOR_RAYSERVICE = "WaitingForRayService"
@@ -66,7 +70,7 @@ RESOURCES_NOT_APPLIED = "ResourcesNotApplied"
 SERVE_NOT_READY = "ServeNotReady"
 SCALED = "Scaled"
 # False with one of these needs a person, so its event is a Warning.
-FAILURE_REASONS = frozenset({INVALID_SPEC, NOT_OWNED, APPLY_FAILED, APPLICATION_DEPLOY_FAILED,
+FAILURE_REASONS = frozenset({INVALID_SPEC, NOT_OWNED, KUBERAY_UNSUPPORTED, APPLY_FAILED, APPLICATION_DEPLOY_FAILED,
                              APPLICATION_UNHEALTHY, APPLICATION_MISSING, "InitializingTimeout"})
 
 
@@ -83,7 +87,8 @@ class ApplyOutcome:
     """What status needs to know about the last apply."""
 
     not_owned: Sequence[str] = ()
-    error: Optional[str] = None  # set when writes failed (after retries) or were rejected
+    error: Optional[str] = None  # set when writes failed (after retries), were rejected or were held back
+    reason: str = APPLY_FAILED  # ResourcesApplied's reason when `error` is set
 
 
 @dataclass(frozen=True)
@@ -182,7 +187,7 @@ def _applied_state(md: Optional[ModelDeployment], applied: Optional[ApplyOutcome
     if applied and applied.not_owned:
         return ConditionState(RESOURCES_APPLIED, "False", NOT_OWNED, "; ".join(applied.not_owned))
     if applied and applied.error:
-        return ConditionState(RESOURCES_APPLIED, "False", APPLY_FAILED, applied.error)
+        return ConditionState(RESOURCES_APPLIED, "False", applied.reason, applied.error)
     kinds = "RayService, Service and Ingress" if md.spec.ingress else "RayService and Service"
     return ConditionState(RESOURCES_APPLIED, "True", APPLIED, f"{kinds} match the spec")
 

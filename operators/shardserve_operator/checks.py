@@ -1,0 +1,106 @@
+"""What the cluster must offer before the operator writes a ModelDeployment's children (pure).
+
+- The installed RayService CRD must know every field the render uses
+  (shardserve.kuberay.REQUIRED_RAYSERVICE_FIELDS): an older CRD prunes them
+  silently, and Ray's token authentication, for one, would then be off.
+- A write refused under strict field validation names the fields the
+  schema lacks.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+from kubernetes.client.exceptions import ApiException
+
+from shardserve.kuberay import MIN_KUBERAY_VERSION_TEXT, REQUIRED_RAYSERVICE_FIELDS
+
+RAYSERVICE_CRD_NAME = "rayservices.ray.io"
+RAYSERVICE_VERSION = "v1"
+
+# The API server's refusal under fieldValidation=Strict, for built-in and
+# custom resources alike: 'RayService in version "v1" cannot be handled as a
+# RayService: strict decoding error: unknown field "spec.x", unknown field "spec.y"'.
+_UNKNOWN_FIELD = re.compile(r'unknown field "([^"]+)"')
+
+
+def format_field_path(path: Sequence[str]) -> str:
+    """('rayClusterConfig', 'workerGroupSpecs', '[]', 'resources') -> 'spec.rayClusterConfig.workerGroupSpecs[].resources'."""
+    out = "spec"
+    for part in path:
+        out += part if part == "[]" else f".{part}"
+    return out
+
+
+def _schema_of_version(crd: Mapping[str, Any], version: str) -> Optional[Mapping[str, Any]]:
+    for entry in (crd.get("spec") or {}).get("versions") or ():
+        if entry.get("name") == version:
+            return ((entry.get("schema") or {}).get("openAPIV3Schema")) or None
+    return None
+
+
+def _keeps(schema: Mapping[str, Any], path: Sequence[str]) -> bool:
+    """Whether an object under `schema` keeps a value at `path` (a list's items are '[]')."""
+    node: Mapping[str, Any] = schema
+    for part in path:
+        if part == "[]":
+            items = node.get("items")
+            if not isinstance(items, Mapping):
+                return bool(node.get("x-kubernetes-preserve-unknown-fields"))
+            node = items
+            continue
+        properties = node.get("properties") or {}
+        if part in properties:
+            node = properties[part]
+        elif isinstance(node.get("additionalProperties"), Mapping):
+            node = node["additionalProperties"]
+        else:
+            # Without a declared property only preserve-unknown-fields keeps it.
+            return bool(node.get("x-kubernetes-preserve-unknown-fields"))
+    return True
+
+
+def compute_missing_fields(
+    crd: Mapping[str, Any],
+    required: Iterable[Sequence[str]] = REQUIRED_RAYSERVICE_FIELDS,
+    version: str = RAYSERVICE_VERSION,
+) -> list[str]:
+    """The required .spec paths the CRD's `version` schema would prune, as 'spec.a.b[].c'.
+
+    A version the CRD does not serve prunes nothing: it refuses everything,
+    so every path counts as missing.
+    """
+    schema = _schema_of_version(crd, version)
+    missing = []
+    for path in required:
+        if schema is None or not _keeps(schema, ("spec", *path)):
+            missing.append(format_field_path(path))
+    return missing
+
+
+def describe_missing_fields(fields: Sequence[str]) -> str:
+    return (f"the installed RayService CRD lacks {', '.join(fields)}: the API server would drop "
+            f"{'it' if len(fields) == 1 else 'them'}; KubeRay >= {MIN_KUBERAY_VERSION_TEXT} is required "
+            f"(upgrade KubeRay and its CRDs)")
+
+
+def find_unknown_fields(err: BaseException) -> list[str]:
+    """The fields a 400 under strict field validation names; [] for any other error."""
+    if not isinstance(err, ApiException) or err.status != 400:
+        return []
+    text = err.body or ""
+    try:
+        text = json.loads(text).get("message", text)
+    except (ValueError, AttributeError):
+        pass
+    if "strict decoding error" not in text and "unknown field" not in text:
+        return []
+    return _UNKNOWN_FIELD.findall(text) or ["(a field the server did not name)"]
+
+
+def describe_unknown_fields(fields: Sequence[str], what: str) -> str:
+    return (f"the API server refused {what} under strict field validation: unknown field "
+            f"{', '.join(fields)}; the installed KubeRay CRD is too old, KubeRay >= "
+            f"{MIN_KUBERAY_VERSION_TEXT} is required (upgrade KubeRay and its CRDs)")
