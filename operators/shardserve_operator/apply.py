@@ -1,4 +1,4 @@
-"""The only module that writes what the operator reconciles: children, status, events.
+"""The only module that writes what the operator reconciles: children, RayCluster bounds, status, events.
 
 Get -> create, or compare the rendered hash -> replace, as KServe's controller
 does: API servers without server-side apply (and mock servers) behave the
@@ -7,6 +7,13 @@ instead of overwriting someone's concurrent change. An object whose
 controller is not this ModelDeployment is never touched. Every write uses
 strict field validation, so a field the installed CRD lacks fails the write
 instead of vanishing.
+
+KubeRay's change hash leaves each worker group's replicas, minReplicas and
+maxReplicas out (shardserve.kuberay.HASH_IGNORED_WORKER_FIELDS), so new
+bounds on the RayService never reach its running RayClusters, while Ray's
+autoscaler reads them from there. The operator writes them onto the active
+and pending RayClusters itself, with a JSON patch that tests each group's
+name at its index.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from kubernetes.client.exceptions import ApiException
 
@@ -24,8 +31,10 @@ from shardserve_operator.checks import describe_unknown_fields, find_unknown_fie
 from shardserve_operator.kube import (
     CHILD_KINDS,
     EVENT,
+    JSON_PATCH,
     MERGE_PATCH,
     MODEL_DEPLOYMENT,
+    RAYCLUSTER,
     RAYSERVICE,
     STRICT,
     Kind,
@@ -56,6 +65,8 @@ class ApplyReport:
     not_owned: list[str] = field(default_factory=list)
     # kind -> our child as the server now holds it (the write's response, or as read)
     current: dict[Kind, dict[str, Any]] = field(default_factory=dict)
+    # name -> the RayService's RayClusters as the server now holds them
+    clusters: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def writes(self) -> int:
@@ -66,13 +77,16 @@ class KubeRayUnsupportedError(Exception):
     """The API server refused a KubeRay object under strict field validation: its CRD is too old."""
 
 
-def _write(kube: Kube, kind: Kind, method: str, path: str, body: Any, what: str) -> dict[str, Any]:
+def _write(kube: Kube, kind: Kind, method: str, path: str, body: Any, what: str,
+           content_type: Optional[str] = None) -> dict[str, Any]:
     """One write with strict field validation; a KubeRay CRD lacking a field raises KubeRayUnsupportedError."""
     try:
+        if content_type:
+            return kube.request(method, path, body, content_type=content_type, query=STRICT)
         return kube.request(method, path, body, query=STRICT)
     except ApiException as err:
         fields = find_unknown_fields(err)
-        if fields and kind == RAYSERVICE:
+        if fields and kind in (RAYSERVICE, RAYCLUSTER):
             raise KubeRayUnsupportedError(describe_unknown_fields(fields, what)) from err
         raise
 
@@ -143,7 +157,72 @@ def apply_children(
             report.current[kind] = _write(kube, kind, "PUT", kind.path(namespace, name),
                                           build_replacement(existing, want), what)
             report.updated.append(what)
+    if RAYSERVICE in rendered and RAYSERVICE in report.current:
+        apply_cluster_bounds(kube, namespace, rendered[RAYSERVICE], observed.clusters, report)
     return report
+
+
+def build_bounds_patch(cluster: Mapping[str, Any], rendered_groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A JSON patch giving a RayCluster's worker groups the rendered minReplicas/maxReplicas.
+
+    Groups are matched by groupName; each changed group's ops start with a
+    `test` of its name at its index, so a reordered list fails the patch (422)
+    instead of changing the wrong group. replicas is clamped into the new
+    bounds, as KubeRay does when it counts pods (shardserve.kuberay.compute_desired_workers),
+    so Ray's autoscaler starts from a count the bounds allow. [] when nothing differs.
+    """
+    wanted = {group.get("groupName"): group for group in rendered_groups if group.get("groupName")}
+    ops: list[dict[str, Any]] = []
+    for index, group in enumerate(((cluster.get("spec") or {}).get("workerGroupSpecs")) or ()):
+        target = wanted.get(group.get("groupName"))
+        if target is None:
+            continue
+        low = target.get("minReplicas", group.get("minReplicas"))
+        high = target.get("maxReplicas", group.get("maxReplicas"))
+        changes = [(key, value) for key, value in (("minReplicas", low), ("maxReplicas", high))
+                   if value is not None and group.get(key) != value]
+        replicas = group.get("replicas")
+        if replicas is not None and low is not None and high is not None and low <= high:
+            clamped = min(max(int(replicas), int(low)), int(high))
+            if clamped != replicas:
+                changes.append(("replicas", clamped))
+        if changes:
+            base = f"/spec/workerGroupSpecs/{index}"
+            ops.append({"op": "test", "path": f"{base}/groupName", "value": group["groupName"]})
+            ops += [{"op": "add", "path": f"{base}/{key}", "value": value} for key, value in changes]
+    return ops
+
+
+def apply_cluster_bounds(kube: Kube, namespace: str, rayservice: Mapping[str, Any],
+                         clusters: Mapping[str, Mapping[str, Any]], report: ApplyReport) -> None:
+    """Writes the rendered worker bounds onto each of the RayService's RayClusters that differs.
+
+    A cluster gone meanwhile (KubeRay deletes the old one after a switch) is
+    skipped; a failed name test (422: groups reordered) is retried once on a
+    fresh read.
+    """
+    groups = ((rayservice.get("spec") or {}).get("rayClusterConfig") or {}).get("workerGroupSpecs") or ()
+    for name, cluster in clusters.items():
+        what = describe(RAYCLUSTER, namespace, name)
+        current: Optional[Mapping[str, Any]] = cluster
+        for last in (False, True):
+            ops = build_bounds_patch(current, groups) if current is not None else []
+            if not ops:
+                break
+            try:
+                current = _write(kube, RAYCLUSTER, "PATCH", RAYCLUSTER.path(namespace, name), ops,
+                                 f"{what}'s worker bounds", content_type=JSON_PATCH)
+                report.updated.append(f"{what} worker bounds")
+                break
+            except ApiException as err:
+                if err.status == 404:
+                    current = None
+                    break
+                if err.status != 422 or last:
+                    raise
+            current = kube.get(RAYCLUSTER, namespace, name)
+        if current is not None:
+            report.clusters[name] = dict(current)
 
 
 def delete_child(kube: Kube, kind: Kind, namespace: str, existing: Mapping[str, Any]) -> None:

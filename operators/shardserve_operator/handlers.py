@@ -7,7 +7,11 @@ Two kinds of triggers lead to the same level-based reconcile:
 - its children (RayService status, or a Service/Ingress edited or deleted):
   watch events, mapped to the owner by its controller reference. Events
   that only echo what the last reconcile left (same hash, same status) are
-  dropped, so the operator's own writes cost no extra reconcile.
+  dropped, so the operator's own writes cost no extra reconcile;
+- the RayClusters KubeRay runs for its RayService (worker bounds and pod
+  counts): KubeRay copies the RayService's labels onto them, so they are
+  watched by the same label and mapped to the ModelDeployment by its
+  shardserve.dev/model-deployment label (their controller is the RayService).
 
 Reconciles of one ModelDeployment never overlap (one lock per object).
 """
@@ -24,11 +28,12 @@ import kopf
 
 from shardserve_operator import naming
 from shardserve_operator.checks import compute_missing_fields, describe_missing_fields
-from shardserve_operator.kube import CHILD_KINDS, MODEL_DEPLOYMENT, Kind, Kube
+from shardserve_operator.kube import CHILD_KINDS, MODEL_DEPLOYMENT, RAYCLUSTER, WATCHED_KINDS, Kind, Kube
 from shardserve_operator.metrics import ManagedState, compute_child_counts
 from shardserve_operator.observe import read_model_deployment, read_rayservice_crd
 from shardserve_operator.reconcile import (
     ReconcileResult,
+    cluster_fingerprint_of,
     compute_error_reason,
     fingerprint_of,
     reconcile,
@@ -59,6 +64,8 @@ class Controller:
         self._reconciled: set[tuple[str, str]] = set()
         # Every watched ModelDeployment -> the status of its Ready condition.
         self._ready: dict[tuple[str, str], str] = {}
+        # (namespace, owner, RayCluster name) -> fingerprint the last reconcile left
+        self._seen_clusters: dict[tuple[str, str, str], str] = {}
         # RayService fields the installed CRD lacks (check_kuberay); none known until checked.
         self.kuberay_missing: tuple[str, ...] = ()
 
@@ -97,6 +104,13 @@ class Controller:
                 self._seen[key] = result.fingerprints[kind]
             else:
                 self._seen.pop(key, None)
+        self._forget_clusters(namespace, name)
+        for cluster, fingerprint in result.cluster_fingerprints.items():
+            self._seen_clusters[(namespace, name, cluster)] = fingerprint
+
+    def _forget_clusters(self, namespace: str, name: str) -> None:
+        for key in [k for k in self._seen_clusters if k[:2] == (namespace, name)]:
+            del self._seen_clusters[key]
 
     async def _run(self, body: Mapping[str, Any], attempt: int, trigger: str) -> ReconcileResult:
         """Reconciles in a worker thread; the caller holds the object's lock.
@@ -135,7 +149,7 @@ class Controller:
 
     async def on_child_event(self, kind: Kind, child: Mapping[str, Any], event_type: Optional[str]) -> None:
         """Reconciles the child's owner, read afresh, unless the event is our own echo."""
-        owner = naming.find_owner_name(child)
+        owner = find_model_deployment(kind, child)
         if owner is None:
             return
         namespace = child["metadata"]["namespace"]
@@ -179,6 +193,7 @@ class Controller:
         self._not_before.pop(key, None)
         for kind in CHILD_KINDS:
             self._seen.pop((namespace, name, kind), None)
+        self._forget_clusters(namespace, name)
         lock = self._locks.get(key)
         if lock is not None and not lock.locked():
             del self._locks[key]
@@ -190,7 +205,7 @@ class Controller:
         runs the owner's own create/resume handler anyway (at start-up the
         children's listings arrive alongside the owners').
         """
-        owner = naming.find_owner_name(child)
+        owner = find_model_deployment(kind, child)
         if owner is None:
             return False
         namespace = child["metadata"]["namespace"]
@@ -198,7 +213,21 @@ class Controller:
             return False
         if event_type == "DELETED":
             return True
+        if kind == RAYCLUSTER:
+            return self._seen_clusters.get((namespace, owner, child["metadata"]["name"])) != \
+                cluster_fingerprint_of(child)
         return self._seen.get((namespace, owner, kind)) != fingerprint_of(child)
+
+
+def find_model_deployment(kind: Kind, child: Mapping[str, Any]) -> Optional[str]:
+    """The ModelDeployment a watched object serves: its controller for our children; for a
+    RayCluster (controlled by the RayService) the label KubeRay copied from the RayService."""
+    if kind != RAYCLUSTER:
+        return naming.find_owner_name(child)
+    labels = (child.get("metadata") or {}).get("labels") or {}
+    if labels.get(naming.LABEL_MANAGED_BY) != naming.MANAGER:
+        return None
+    return labels.get(naming.LABEL_MODEL_DEPLOYMENT) or None
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
@@ -220,7 +249,7 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
         else:
             controller.watch(body)
 
-    for child_kind in CHILD_KINDS:
+    for child_kind in WATCHED_KINDS:
         _register_child(registry, controller, child_kind)
 
 

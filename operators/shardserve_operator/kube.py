@@ -25,6 +25,7 @@ REQUEST_TIMEOUT = (5, 30)  # seconds: connect, read
 
 JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
 # Every write of a child asks the API server to refuse fields its schema does
 # not know instead of dropping them (the default, Warn, prunes them and only
 # sends a warning header): an older KubeRay CRD then fails the write loudly.
@@ -62,11 +63,16 @@ SERVICE = Kind("v1", "Service", "services")
 INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses")
 EVENT = Kind("v1", "Event", "events")
 LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
+# Read and watched, never created: KubeRay creates the RayClusters of a
+# RayService; the operator only patches their worker bounds.
+RAYCLUSTER = Kind("ray.io/v1", "RayCluster", "rayclusters")
 CUSTOM_RESOURCE_DEFINITION = Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition",
                                   "customresourcedefinitions", namespaced=False)
 
 # Every kind the operator may create for a ModelDeployment, in apply order.
 CHILD_KINDS = (RAYSERVICE, SERVICE, INGRESS)
+# Every kind whose events lead to a reconcile of the ModelDeployment it serves.
+WATCHED_KINDS = CHILD_KINDS + (RAYCLUSTER,)
 
 
 def kind_of(obj: Mapping[str, Any]) -> Kind:

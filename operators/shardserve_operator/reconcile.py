@@ -23,6 +23,7 @@ import kopf
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
+from shardserve.kuberay import read_worker_counts
 from shardserve.validation import SpecError, parse_deployment
 
 from shardserve_operator.apply import (
@@ -144,6 +145,8 @@ class ReconcileResult:
     report: Optional[ApplyReport] = None
     # kind -> fingerprint of the child as left on the server
     fingerprints: dict[Kind, str] = field(default_factory=dict)
+    # RayCluster name -> its fingerprint as left on the server
+    cluster_fingerprints: dict[str, str] = field(default_factory=dict)
 
 
 def _document(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -181,8 +184,9 @@ def reconcile(
     common = dict(name=name, namespace=namespace, now=now, previous=previous)
 
     with retried(attempt, settings):
-        observed: Observed = observe_children(kube, namespace, name)
+        observed: Observed = observe_children(kube, namespace, name, uid)
     ours = observed.rayservice if observed.rayservice and is_controlled_by(observed.rayservice, uid) else None
+    common["clusters"] = observed.clusters
 
     try:
         md = parse_deployment(_document(body), source=f"{namespace}/{name}")
@@ -221,6 +225,7 @@ def reconcile(
         raise kopf.PermanentError(f"the API server rejected a child: {describe_error(err)}") from err
 
     # Status describes the children as they are now, after this apply.
+    common["clusters"] = report.clusters
     status = compute_status(md, report.current.get(RAYSERVICE), generation,
                             applied=ApplyOutcome(not_owned=tuple(report.not_owned)), **common)
     with retried(attempt, settings):
@@ -229,6 +234,7 @@ def reconcile(
         status_written=written,
         report=report,
         fingerprints={kind: fingerprint_of(child) for kind, child in report.current.items()},
+        cluster_fingerprints={cluster: cluster_fingerprint_of(obj) for cluster, obj in report.clusters.items()},
     )
     if report.writes or written:
         log.info("reconciled %s/%s: created %s, updated %s, deleted %s, status %s", namespace, name,
@@ -242,3 +248,11 @@ def reconcile(
 
 def fingerprint_of(child: Mapping[str, Any]) -> str:
     return compute_fingerprint(read_hash(dict(child)), child.get("status"))
+
+
+def cluster_fingerprint_of(cluster: Mapping[str, Any]) -> str:
+    """What a RayCluster event must differ in to be worth a reconcile: its worker bounds and counts."""
+    groups = [(g.get("groupName"), g.get("replicas"), g.get("minReplicas"), g.get("maxReplicas"))
+              for g in ((cluster.get("spec") or {}).get("workerGroupSpecs") or ())]
+    counts = read_worker_counts(cluster)
+    return compute_fingerprint(None, [groups, counts and (counts.desired, counts.ready)])

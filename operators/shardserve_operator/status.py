@@ -40,6 +40,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Sequence
 
 from shardserve.builder import LLM_DEPLOYMENT
+from shardserve.kuberay import find_cluster_names, read_worker_counts
 from shardserve.placement import placement_for
 from shardserve.spec import ModelDeployment, ModelDeploymentStatus
 
@@ -161,23 +162,27 @@ def compute_serve_readiness(rayservice: Optional[Mapping[str, Any]], app_name: s
     return ConditionState(SERVE_READY, "False", reason, (ready or {}).get("message") or "the RayService is not ready")
 
 
-def _replica_counts(md: ModelDeployment, rayservice: Optional[Mapping[str, Any]], serve_ready: bool) -> tuple[int, int]:
-    """(replicas, readyReplicas) of the model, from the spec and the active RayCluster's workers."""
+def _replica_counts(md: ModelDeployment, rayservice: Optional[Mapping[str, Any]],
+                    cluster: Optional[Mapping[str, Any]], serve_ready: bool) -> tuple[int, int]:
+    """(replicas, readyReplicas) of the model, from the spec and the active RayCluster's own status.
+
+    KubeRay never refreshes the copy of that status inside the RayService's
+    (shardserve.kuberay.RAYCLUSTER_STATUS_IS_LIVE), so it is read from the
+    RayCluster itself.
+    """
     spec = md.spec
     pods = placement_for(spec).pods_per_replica
-    cluster = (((rayservice or {}).get("status") or {}).get("activeServiceStatus") or {}).get("rayClusterStatus") or {}
+    counts = read_worker_counts(cluster) if cluster else None
     target = spec.effective_replicas
-    if spec.autoscaling is not None and cluster.get("desiredWorkerReplicas") is not None:
-        wanted = int(cluster["desiredWorkerReplicas"]) // pods
-        target = min(spec.autoscaling.max_replicas, max(spec.autoscaling.min_replicas, wanted))
+    if spec.autoscaling is not None and counts is not None:
+        target = min(spec.autoscaling.max_replicas, max(spec.autoscaling.min_replicas, counts.desired // pods))
     if not serve_ready:
         return target, 0
     _, app = _app_status(rayservice, md.metadata.name)
     deployment = ((app or {}).get("serveDeploymentStatuses") or {}).get(LLM_DEPLOYMENT) or {}
     if deployment.get("status") == "HEALTHY":
         return target, target  # Serve runs every target replica
-    ready_pods = cluster.get("readyWorkerReplicas", cluster.get("availableWorkerReplicas", 0)) or 0
-    return target, min(target, int(ready_pods) // pods)
+    return target, min(target, (counts.ready if counts else 0) // pods)
 
 
 def _applied_state(md: Optional[ModelDeployment], applied: Optional[ApplyOutcome]) -> ConditionState:
@@ -203,13 +208,15 @@ def compute_status(
     problems: Sequence[str] = (),
     applied: Optional[ApplyOutcome] = None,
     previous: Optional[Mapping[str, Any]] = None,
+    clusters: Optional[Mapping[str, Mapping[str, Any]]] = None,
 ) -> dict[str, Any]:
     """The whole status (camelCase dict). `md` is None when the spec is invalid (`problems` say why).
 
+    `clusters` are the RayService's RayClusters as read (name -> object).
     With an invalid spec the counts, endpoint, placement and selector keep
     their previous values: they still describe what is deployed.
     """
-    previous = previous or {}
+    previous, clusters = previous or {}, clusters or {}
     states = [
         ConditionState(SPEC_VALID, "True", SPEC_ACCEPTED, "the spec passed validation") if md is not None
         else ConditionState(SPEC_VALID, "False", INVALID_SPEC, "; ".join(problems) or "invalid spec"),
@@ -231,7 +238,9 @@ def compute_status(
         kept = {k: previous[k] for k in ("replicas", "readyReplicas", "endpoint", "placement", "selector") if k in previous}
         status = ModelDeploymentStatus.model_validate({"observedGeneration": generation, "conditions": conditions, **kept})
     else:
-        replicas, ready_replicas = _replica_counts(md, rayservice, states[2].status == "True")
+        active, _ = find_cluster_names(rayservice)
+        replicas, ready_replicas = _replica_counts(md, rayservice, clusters.get(active) if active else None,
+                                                   states[2].status == "True")
         status = ModelDeploymentStatus.model_validate({
             "observedGeneration": generation,
             "conditions": conditions,

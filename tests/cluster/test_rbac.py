@@ -2,8 +2,9 @@
 
 The real operator (kopf, the official client, leader election on) runs
 against the stateful API server of the operator suite through a full life:
-create with an Ingress, a spec change that touches every child, a child
-deleted by hand, the Ingress removed, shutdown. Every request it sends is
+create with an Ingress, a spec change that touches every child, KubeRay's
+RayCluster appearing and the replica count changing (its worker bounds are
+patched), a child deleted by hand, the Ingress removed, shutdown. Every request it sends is
 turned into an RBAC check (group, resource, verb, namespace, name) and must
 be allowed by the Roles the chart renders for the same settings; every verb
 the chart grants must have been used, or be one the API server checks
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
 from cluster_emulator import ClusterEmulator  # noqa: E402
 from operator_harness import (  # noqa: E402
     MD_PATH,
+    RS_PATH,
     SVC_PATH,
     Cluster,
     eventually,
@@ -35,12 +37,15 @@ from operator_harness import (  # noqa: E402
     tiny_document,
 )
 
+from shardserve.kuberay import build_cluster_labels  # noqa: E402
+
 from shardserve_operator import naming  # noqa: E402
 from shardserve_operator.main import build_kopf_settings  # noqa: E402
 from shardserve_operator.settings import LeaderElection  # noqa: E402
 from tests.cluster.chart import NAMESPACE, render_chart  # noqa: E402
 
 TEST_HEADER = "X-Shardserve-Test"
+RAYCLUSTER_PATH = "/apis/ray.io/v1/namespaces/{ns}/rayclusters"
 POD_NAME = "shardserve-abc12"
 
 
@@ -167,6 +172,22 @@ async def run_operator_life(namespaces: tuple[str, ...]) -> tuple[list[Access], 
                 await eventually(lambda: cluster.service("tiny", ns)["spec"]["ports"][0]["port"] == 8001
                                  and cluster.ingress("tiny", ns)["spec"]["rules"][0]["host"] == "llm.example.com",
                                  15, "children updated")
+                # KubeRay runs a RayCluster for the RayService; a new replica count reaches it only
+                # through the operator's patch (review #2).
+                rayservice = cluster.rayservice("tiny", ns)
+                raycluster = {
+                    "apiVersion": "ray.io/v1", "kind": "RayCluster",
+                    "metadata": {"name": "tiny-abcde", "namespace": ns, "labels": build_cluster_labels(rayservice),
+                                 "ownerReferences": [{"apiVersion": "ray.io/v1", "kind": "RayService", "name": "tiny",
+                                                      "uid": rayservice["metadata"]["uid"], "controller": True}]},
+                    "spec": rayservice["spec"]["rayClusterConfig"],
+                }
+                await cluster.create(RAYCLUSTER_PATH.format(ns=ns), raycluster)
+                await cluster.patch(RS_PATH.format(ns=ns) + "/tiny/status",
+                                    {"status": {"activeServiceStatus": {"rayClusterName": "tiny-abcde"}}})
+                await cluster.patch(md_path, {"spec": {"replicas": 2}})
+                await eventually(lambda: emulator.get("ray.io/v1/rayclusters", ns, "tiny-abcde")["spec"]
+                                 ["workerGroupSpecs"][0]["maxReplicas"] == 2, 15, "RayCluster bounds patched")
                 old = cluster.service("tiny", ns)["metadata"]["uid"]
                 status, _ = await cluster.request("DELETE", SVC_PATH.format(ns=ns) + "/tiny")
                 assert status == 200

@@ -245,6 +245,8 @@ async def test_steady_state_writes_nothing_and_costs_a_few_reads(cluster, operat
         "GET " + RS_PATH.format(ns="default") + "/tiny",
         "GET " + SVC_PATH.format(ns="default") + "/tiny",
         "GET " + ING_PATH.format(ns="default") + "/tiny",
+        # The active RayCluster the RayService names, for live worker counts (review #9).
+        "GET /apis/ray.io/v1/namespaces/default/rayclusters/tiny-abcde",
     ]
     assert operator.controller.reconciles == reconciles + 1
 

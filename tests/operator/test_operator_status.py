@@ -39,6 +39,7 @@ def rayservice(ready=None, reason=None, app=None, message="", deployment=None, e
         if deployment is not None:
             active["applicationStatuses"][name]["serveDeploymentStatuses"] = {"llm": {"status": deployment}}
     if cluster is not None:
+        # KubeRay's copy of the cluster's status: never refreshed, so status must not read it (review #9).
         active["rayClusterStatus"] = cluster
         active["rayClusterName"] = f"{name}-abcde"
     if active:
@@ -132,19 +133,36 @@ def test_status_fields_for_a_valid_spec():
     assert (status["replicas"], status["readyReplicas"]) == (1, 0)
 
 
-@pytest.mark.parametrize("observed, replicas, ready", [
-    (None, 1, 0),  # autoscaling floor 0 still starts one replica
-    (rayservice(ready="True", app="RUNNING", name="llama-405b",
-                cluster={"desiredWorkerReplicas": 4, "readyWorkerReplicas": 2}), 2, 1),
-    (rayservice(ready="True", app="RUNNING", deployment="HEALTHY", name="llama-405b",
-                cluster={"desiredWorkerReplicas": 4, "readyWorkerReplicas": 3}), 2, 2),
-    (rayservice(ready="True", app="RUNNING", name="llama-405b",
-                cluster={"desiredWorkerReplicas": 40, "readyWorkerReplicas": 40}), 2, 2),  # clamped to max
-    (rayservice(ready="False", reason="Initializing", name="llama-405b",
-                cluster={"desiredWorkerReplicas": 2, "readyWorkerReplicas": 2}), 1, 0),
+def raycluster(desired=None, ready=None, available=None, name="llama-405b-abcde"):
+    """A RayCluster with the status counts KubeRay writes (each omitted when 0)."""
+    status = {key: value for key, value in (("desiredWorkerReplicas", desired), ("readyWorkerReplicas", ready),
+                                            ("availableWorkerReplicas", available)) if value is not None}
+    return {"metadata": {"name": name}, "spec": {"workerGroupSpecs": []}, "status": status}
+
+
+STALE = {"desiredWorkerReplicas": 0, "readyWorkerReplicas": 0}  # what the RayService's copy still says
+
+
+@pytest.mark.parametrize("observed, cluster, replicas, ready", [
+    (None, None, 1, 0),  # autoscaling floor 0 still starts one replica
+    (rayservice(ready="True", app="RUNNING", name="llama-405b", cluster=STALE),
+     raycluster(desired=4, ready=2), 2, 1),
+    (rayservice(ready="True", app="RUNNING", deployment="HEALTHY", name="llama-405b", cluster=STALE),
+     raycluster(desired=4, ready=3), 2, 2),
+    (rayservice(ready="True", app="RUNNING", name="llama-405b", cluster=STALE),
+     raycluster(desired=40, ready=40), 2, 2),  # clamped to max
+    (rayservice(ready="True", app="RUNNING", name="llama-405b", cluster=STALE),
+     raycluster(desired=2, available=2), 1, 1),  # no readyWorkerReplicas: the running pods
+    (rayservice(ready="True", app="RUNNING", name="llama-405b", cluster=STALE), raycluster(), 1, 0),  # all 0: omitted
+    (rayservice(ready="False", reason="Initializing", name="llama-405b", cluster=STALE),
+     raycluster(desired=2, ready=2), 1, 0),
+    (rayservice(ready="True", app="RUNNING", name="llama-405b", cluster={"desiredWorkerReplicas": 4}),
+     None, 1, 0),  # the active RayCluster could not be read: the RayService's stale copy is not used
 ])
-def test_replica_counts_divide_pods_by_pods_per_replica(observed, replicas, ready):
-    status = compute_status(SPANNING, observed, 1, name="llama-405b", namespace="llm", now=T0)
+def test_replica_counts_come_from_the_active_rayclusters_own_status(observed, cluster, replicas, ready):
+    """review #9: KubeRay never refreshes rayClusterStatus inside the RayService; the RayCluster's own status is live."""
+    clusters = {"llama-405b-abcde": cluster} if cluster else {}
+    status = compute_status(SPANNING, observed, 1, name="llama-405b", namespace="llm", now=T0, clusters=clusters)
     assert (status["replicas"], status["readyReplicas"]) == (replicas, ready)
     assert status["placement"]["podsPerReplica"] == 2
 

@@ -81,6 +81,12 @@ tests/cluster/test_rbac.py, which runs the operator and compares.
 - apiGroups: ["networking.k8s.io"]
   resources: ["ingresses"]
   verbs: ["get", "list", "watch", "create", "update", "delete"]
+# The RayClusters KubeRay runs for each RayService: watched by label, read for
+# live worker counts, and patched with the worker bounds (KubeRay does not
+# pass new minReplicas/maxReplicas on to a running cluster). Never created.
+- apiGroups: ["ray.io"]
+  resources: ["rayclusters"]
+  verbs: ["get", "list", "watch", "patch"]
 # Condition transitions are reported as Events.
 - apiGroups: [""]
   resources: ["events"]
