@@ -34,7 +34,7 @@ from shardserve_operator.apply import (
     apply_status,
 )
 from shardserve_operator.checks import describe_missing_fields
-from shardserve_operator.kube import RAYSERVICE, Kind, Kube, retry_after_seconds
+from shardserve_operator.kube import RAYSERVICE, Kind, Kube, kind_of, retry_after_seconds
 from shardserve_operator.naming import is_controlled_by
 from shardserve_operator.observe import Observed, find_active_cluster, observe_children
 from shardserve_operator.render import read_hash, render_children
@@ -207,6 +207,8 @@ def reconcile(
     if kuberay_missing:
         raise hold_back(KUBERAY_UNSUPPORTED, describe_missing_fields(kuberay_missing))
     desired = render_children(md, settings.render_options(), owner_uid=uid, active_cluster=find_active_cluster(ours))
+    # A paused deployment (spec.replicas 0) renders no RayService.
+    rendered = next((obj for obj in desired if kind_of(obj) == RAYSERVICE), None)
     try:
         report = apply_children(kube, namespace, name, uid, desired, observed)
     except KubeRayUnsupportedError as err:
@@ -226,7 +228,7 @@ def reconcile(
 
     # Status describes the children as they are now, after this apply.
     common["clusters"] = report.clusters
-    status = compute_status(md, report.current.get(RAYSERVICE), generation,
+    status = compute_status(md, report.current.get(RAYSERVICE), generation, paused=rendered is None,
                             applied=ApplyOutcome(not_owned=tuple(report.not_owned)), **common)
     with retried(attempt, settings):
         written = _write_status(kube, body, previous, status, now)

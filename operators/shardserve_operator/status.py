@@ -14,6 +14,7 @@ Condition types and reasons, all in one place:
                     False  ApplyFailed              the API server rejected or kept failing a write
   ServeReady        True   ServeRunning             KubeRay reports the RayService Ready and the
                                                     application is neither failed nor unhealthy
+                    False  Paused                   spec.replicas is 0: no RayService, no Ray pods
                     False  WaitingForRayService     no RayService, or no status from KubeRay yet
                     False  Initializing, InitializingTimeout, ZeroServeEndpoints, NoActiveCluster
                                                     KubeRay's own reason for Ready=False
@@ -21,13 +22,31 @@ Condition types and reasons, all in one place:
                     False  ApplicationDeployFailed  Serve could not deploy it (message from Serve)
                     False  ApplicationUnhealthy     Serve reports it unhealthy
                     False  ApplicationMissing       the RayService runs no application by this name
-  Ready             True   Serving                  the three above are True
-                    False  InvalidSpec, ResourcesNotApplied, ServeNotReady  (the first that is not True)
+  Progressing       True   WaitingForRayService     the RayService does not exist yet
+                    True   WaitingForKubeRay        KubeRay has not yet seen the RayService's latest
+                                                    generation (status.observedGeneration lags)
+                    True   Initializing             KubeRay is starting the first RayCluster
+                    True   UpgradeInProgress        KubeRay runs a pending RayCluster for the new spec
+                                                    next to the active one, which still serves
+                    True   ApplicationDeploying     Serve is deploying the latest application
+                    False  RolledOut                KubeRay runs the latest RayService and Serve the
+                                                    latest application
+                    False  ApplicationDeployFailed  Serve could not deploy the latest application
+                    False  Paused, InvalidSpec, ResourcesNotApplied
+                                                    nothing rolls out (see the condition of that name)
+  Ready             True   Serving                  SpecValid, ResourcesApplied and ServeReady are True
+                                                    and Progressing is False: this generation serves
+                    False  InvalidSpec, ResourcesNotApplied, Paused, ServeNotReady
+                                                    the first of SpecValid, ResourcesApplied, ServeReady
+                                                    that is not True (Paused: ServeReady's reason)
+                    False  RollingOut               the endpoint serves, but the previous generation:
+                                                    this one is still rolling out (Progressing's message)
 
 Events: one per condition transition, a flip of its status or a new reason
 while the status stays (so Initializing -> ApplicationDeployFailed is
-reported too), with the condition's reason; and `Scaled` when the replica
-count the autoscaler asks for changes.
+reported too), with the condition's reason (Progressing's only when it is
+not ServeReady's, which already told); and `Scaled` when the replica count
+the autoscaler asks for changes.
 
 Every condition carries observedGeneration; lastTransitionTime moves only
 when its status flips, so rewriting a reason or message does not reset it.
@@ -40,7 +59,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping, Optional, Sequence
 
 from shardserve.builder import LLM_DEPLOYMENT
-from shardserve.kuberay import find_cluster_names, read_worker_counts
+from shardserve.kuberay import compute_rollout_done, find_cluster_names, read_worker_counts
 from shardserve.placement import placement_for
 from shardserve.spec import ModelDeployment, ModelDeploymentStatus
 
@@ -49,8 +68,9 @@ from shardserve_operator import naming
 SPEC_VALID = "SpecValid"
 RESOURCES_APPLIED = "ResourcesApplied"
 SERVE_READY = "ServeReady"
+PROGRESSING = "Progressing"
 READY = "Ready"
-CONDITION_TYPES = (SPEC_VALID, RESOURCES_APPLIED, SERVE_READY, READY)
+CONDITION_TYPES = (SPEC_VALID, RESOURCES_APPLIED, SERVE_READY, PROGRESSING, READY)
 
 # Reasons (see the table above).
 SPEC_ACCEPTED = "SpecAccepted"
@@ -60,15 +80,21 @@ NOT_OWNED = "NotOwned"
 KUBERAY_UNSUPPORTED = "KubeRayUnsupported"
 APPLY_FAILED = "ApplyFailed"
 SERVE_RUNNING = "ServeRunning"
+PAUSED = "Paused"
 WAITING_FOR_RAYSERVICE = "WaitingForRayService"
 KUBERAY_REASONS = ("Initializing", "InitializingTimeout", "ZeroServeEndpoints", "NoActiveCluster")
 APPLICATION_DEPLOYING = "ApplicationDeploying"
 APPLICATION_DEPLOY_FAILED = "ApplicationDeployFailed"
 APPLICATION_UNHEALTHY = "ApplicationUnhealthy"
 APPLICATION_MISSING = "ApplicationMissing"
+WAITING_FOR_KUBERAY = "WaitingForKubeRay"
+INITIALIZING = "Initializing"
+UPGRADE_IN_PROGRESS = "UpgradeInProgress"
+ROLLED_OUT = "RolledOut"
 SERVING = "Serving"
 RESOURCES_NOT_APPLIED = "ResourcesNotApplied"
 SERVE_NOT_READY = "ServeNotReady"
+ROLLING_OUT = "RollingOut"
 SCALED = "Scaled"
 # False with one of these needs a person, so its event is a Warning.
 FAILURE_REASONS = frozenset({INVALID_SPEC, NOT_OWNED, KUBERAY_UNSUPPORTED, APPLY_FAILED, APPLICATION_DEPLOY_FAILED,
@@ -127,9 +153,10 @@ def build_condition(
     return condition
 
 
-def _app_status(rayservice: Optional[Mapping[str, Any]], app_name: str) -> tuple[dict, Optional[dict]]:
+def _app_status(rayservice: Optional[Mapping[str, Any]], app_name: str,
+                which: str = "activeServiceStatus") -> tuple[dict, Optional[dict]]:
     status = (rayservice or {}).get("status") or {}
-    apps = ((status.get("activeServiceStatus") or {}).get("applicationStatuses")) or {}
+    apps = ((status.get(which) or {}).get("applicationStatuses")) or {}
     return apps, apps.get(app_name)
 
 
@@ -162,6 +189,51 @@ def compute_serve_readiness(rayservice: Optional[Mapping[str, Any]], app_name: s
     return ConditionState(SERVE_READY, "False", reason, (ready or {}).get("message") or "the RayService is not ready")
 
 
+def compute_progress(md: ModelDeployment, rayservice: Optional[Mapping[str, Any]],
+                     clusters: Optional[Mapping[str, Mapping[str, Any]]] = None) -> ConditionState:
+    """Progressing: whether KubeRay and Serve still roll out the RayService as last applied.
+
+    KubeRay stamps status.observedGeneration when it has seen a spec; during
+    a NewCluster upgrade it keeps Ready=True from the old cluster and sets
+    UpgradeInProgress=True (shardserve.kuberay.compute_rollout_done).
+    """
+    if rayservice is None:
+        return ConditionState(PROGRESSING, "True", WAITING_FOR_RAYSERVICE, "the RayService does not exist yet")
+    meta, status = rayservice.get("metadata") or {}, rayservice.get("status") or {}
+    generation, observed = meta.get("generation"), status.get("observedGeneration")
+    active, pending = find_cluster_names(rayservice)
+    if generation is not None and observed != generation:
+        seen = f"it last saw generation {observed}" if observed else "it has not reported on it yet"
+        return ConditionState(PROGRESSING, "True", WAITING_FOR_KUBERAY,
+                              f"KubeRay has not yet taken generation {generation} of the RayService ({seen}; "
+                              f"is the KubeRay operator running?)")
+    if pending or not compute_rollout_done(rayservice):
+        message = f"KubeRay is starting RayCluster {pending or '(pending)'}" + (" for the new spec" if active else "")
+        counts = read_worker_counts(clusters[pending]) if clusters and pending in clusters else None
+        if counts is not None:
+            message += f" ({counts.ready} of {counts.desired} worker pod(s) ready)"
+        _, new_app = _app_status(rayservice, md.metadata.name, "pendingServiceStatus")
+        if new_app and new_app.get("status") not in (None, "RUNNING"):
+            message += f"; its application is {new_app['status']}"
+            if new_app.get("message"):
+                message += f": {new_app['message']}"
+        if not active:
+            return ConditionState(PROGRESSING, "True", INITIALIZING, message)
+        return ConditionState(PROGRESSING, "True", UPGRADE_IN_PROGRESS, f"{message}; RayCluster {active} still serves")
+    _, app = _app_status(rayservice, md.metadata.name)
+    app_state = (app or {}).get("status")
+    if app_state == "DEPLOY_FAILED":
+        return ConditionState(PROGRESSING, "False", APPLICATION_DEPLOY_FAILED,
+                              (app or {}).get("message") or "Serve could not deploy the application")
+    if app_state in (None, "NOT_STARTED", "DEPLOYING"):
+        detail = (app or {}).get("message") or ("Serve is deploying the application" if app_state
+                                                 else "Serve has not reported the application yet")
+        return ConditionState(PROGRESSING, "True", APPLICATION_DEPLOYING, detail)
+    return ConditionState(PROGRESSING, "False", ROLLED_OUT,
+                          f"KubeRay runs generation {generation} of the RayService"
+                          + (f" on RayCluster {active}" if active else ""))
+
+
 def _replica_counts(md: ModelDeployment, rayservice: Optional[Mapping[str, Any]],
                     cluster: Optional[Mapping[str, Any]], serve_ready: bool) -> tuple[int, int]:
     """(replicas, readyReplicas) of the model, from the spec and the active RayCluster's own status.
@@ -185,7 +257,7 @@ def _replica_counts(md: ModelDeployment, rayservice: Optional[Mapping[str, Any]]
     return target, min(target, (counts.ready if counts else 0) // pods)
 
 
-def _applied_state(md: Optional[ModelDeployment], applied: Optional[ApplyOutcome]) -> ConditionState:
+def _applied_state(md: Optional[ModelDeployment], applied: Optional[ApplyOutcome], paused: bool) -> ConditionState:
     if md is None:
         return ConditionState(RESOURCES_APPLIED, "False", INVALID_SPEC,
                               "nothing applied while the spec is invalid; existing children are left as they were")
@@ -193,8 +265,29 @@ def _applied_state(md: Optional[ModelDeployment], applied: Optional[ApplyOutcome
         return ConditionState(RESOURCES_APPLIED, "False", NOT_OWNED, "; ".join(applied.not_owned))
     if applied and applied.error:
         return ConditionState(RESOURCES_APPLIED, "False", applied.reason, applied.error)
-    kinds = "RayService, Service and Ingress" if md.spec.ingress else "RayService and Service"
-    return ConditionState(RESOURCES_APPLIED, "True", APPLIED, f"{kinds} match the spec")
+    if paused:
+        message = ("Service and Ingress match" if md.spec.ingress else "Service matches") + \
+            " the spec; no RayService while paused"
+    else:
+        message = ("RayService, Service and Ingress" if md.spec.ingress else "RayService and Service") + \
+            " match the spec"
+    return ConditionState(RESOURCES_APPLIED, "True", APPLIED, message)
+
+
+def _ready_state(states: Mapping[str, ConditionState], generation: Optional[int], endpoint: str) -> ConditionState:
+    blocking = {SPEC_VALID: INVALID_SPEC, RESOURCES_APPLIED: RESOURCES_NOT_APPLIED, SERVE_READY: SERVE_NOT_READY}
+    for type_, reason in blocking.items():
+        state = states[type_]
+        if state.status != "True":
+            if state.reason == PAUSED:
+                return ConditionState(READY, "False", PAUSED, state.message)
+            return ConditionState(READY, "False", reason, f"{type_}: {state.message}")
+    progress = states[PROGRESSING]
+    if progress.status == "True":
+        which = f"generation {generation}" if generation is not None else "the latest spec"
+        return ConditionState(READY, "False", ROLLING_OUT,
+                              f"{which} is rolling out ({progress.message}); the previous generation still serves")
+    return ConditionState(READY, "True", SERVING, f"serving at {endpoint}")
 
 
 def compute_status(
@@ -209,38 +302,51 @@ def compute_status(
     applied: Optional[ApplyOutcome] = None,
     previous: Optional[Mapping[str, Any]] = None,
     clusters: Optional[Mapping[str, Mapping[str, Any]]] = None,
+    paused: bool = False,
 ) -> dict[str, Any]:
     """The whole status (camelCase dict). `md` is None when the spec is invalid (`problems` say why).
 
-    `clusters` are the RayService's RayClusters as read (name -> object).
-    With an invalid spec the counts, endpoint, placement and selector keep
-    their previous values: they still describe what is deployed.
+    `clusters` are the RayService's RayClusters as read (name -> object);
+    `paused` says the render holds no RayService (spec.replicas 0). With an
+    invalid spec the counts, endpoint, placement and selector keep their
+    previous values: they still describe what is deployed.
     """
     previous, clusters = previous or {}, clusters or {}
-    states = [
-        ConditionState(SPEC_VALID, "True", SPEC_ACCEPTED, "the spec passed validation") if md is not None
-        else ConditionState(SPEC_VALID, "False", INVALID_SPEC, "; ".join(problems) or "invalid spec"),
-        _applied_state(md, applied),
-        compute_serve_readiness(rayservice, name),
-    ]
-    blocking = {SPEC_VALID: INVALID_SPEC, RESOURCES_APPLIED: RESOURCES_NOT_APPLIED, SERVE_READY: SERVE_NOT_READY}
-    first_false = next((s for s in states if s.status != "True"), None)
-    if first_false is None:
-        port = md.spec.serving.port if md is not None else None
-        ready = ConditionState(READY, "True", SERVING, f"serving at {naming.build_endpoint(name, namespace, port)}")
+    if md is None:
+        spec_valid = ConditionState(SPEC_VALID, "False", INVALID_SPEC, "; ".join(problems) or "invalid spec")
     else:
-        ready = ConditionState(READY, "False", blocking[first_false.type], f"{first_false.type}: {first_false.message}")
-    states.append(ready)
+        spec_valid = ConditionState(SPEC_VALID, "True", SPEC_ACCEPTED, "the spec passed validation")
+    resources = _applied_state(md, applied, paused and md is not None)
+    if md is not None and paused:
+        serve = ConditionState(SERVE_READY, "False", PAUSED,
+                               "paused: spec.replicas is 0, so there is no RayService and no Ray pod")
+    else:
+        serve = compute_serve_readiness(rayservice, name)
+    if md is None:
+        progress = ConditionState(PROGRESSING, "False", INVALID_SPEC, "nothing rolls out while the spec is invalid")
+    elif resources.status != "True":
+        progress = ConditionState(PROGRESSING, "False", RESOURCES_NOT_APPLIED,
+                                  f"the spec is not applied: {resources.message}")
+    elif paused:
+        progress = ConditionState(PROGRESSING, "False", PAUSED, "paused: nothing to roll out")
+    else:
+        progress = compute_progress(md, rayservice, clusters)
+    states = {s.type: s for s in (spec_valid, resources, serve, progress)}
+    port = md.spec.serving.port if md is not None else None
+    states[READY] = _ready_state(states, generation, naming.build_endpoint(name, namespace, port))
     old = previous.get("conditions")
-    conditions = [build_condition(s, find_condition(old, s.type), generation, now) for s in states]
+    conditions = [build_condition(states[t], find_condition(old, t), generation, now) for t in CONDITION_TYPES]
 
     if md is None:
         kept = {k: previous[k] for k in ("replicas", "readyReplicas", "endpoint", "placement", "selector") if k in previous}
         status = ModelDeploymentStatus.model_validate({"observedGeneration": generation, "conditions": conditions, **kept})
     else:
-        active, _ = find_cluster_names(rayservice)
-        replicas, ready_replicas = _replica_counts(md, rayservice, clusters.get(active) if active else None,
-                                                   states[2].status == "True")
+        if paused:
+            replicas, ready_replicas = 0, 0
+        else:
+            active, _ = find_cluster_names(rayservice)
+            replicas, ready_replicas = _replica_counts(md, rayservice, clusters.get(active) if active else None,
+                                                       serve.status == "True")
         status = ModelDeploymentStatus.model_validate({
             "observedGeneration": generation,
             "conditions": conditions,
@@ -256,14 +362,20 @@ def compute_status(
 def compute_events(previous: Optional[Mapping[str, Any]], new: Mapping[str, Any]) -> list[EventRecord]:
     """One event per condition that appeared, flipped its status, or changed its reason."""
     records = []
+    serve_reason = (find_condition(new.get("conditions"), SERVE_READY) or {}).get("reason")
     for type_ in CONDITION_TYPES:
         now_ = find_condition(new.get("conditions"), type_)
         before = find_condition((previous or {}).get("conditions"), type_)
         if now_ is None or (before is not None and (before.get("status"), before.get("reason"))
                             == (now_.get("status"), now_.get("reason"))):
             continue
-        fell = now_["status"] == "False" and (
-            (before is not None and before.get("status") == "True") or now_["reason"] in FAILURE_REASONS)
+        if type_ == PROGRESSING:
+            if now_["reason"] == serve_reason:
+                continue  # the same news as ServeReady's event (deploying, failed, no RayService)
+            fell = False  # False is where it rests; failures are ServeReady's and ResourcesApplied's news
+        else:
+            fell = now_["status"] == "False" and (
+                (before is not None and before.get("status") == "True") or now_["reason"] in FAILURE_REASONS)
         message = f"{type_} is {now_['status']}: {now_.get('message', '')}".rstrip(": ")
         records.append(EventRecord("Warning" if fell else "Normal", now_["reason"], message))
     # The autoscaler's changes, seen through the RayCluster's desired workers;

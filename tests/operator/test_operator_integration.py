@@ -15,6 +15,7 @@ from shardserve.validation import parse_deployment
 
 from shardserve_operator import naming
 from shardserve_operator.render import read_hash, render_children
+from shardserve_operator.status import CONDITION_TYPES
 from operator_harness import (
     ING_PATH,
     MD_PATH,
@@ -53,7 +54,7 @@ async def converged(cluster, name="tiny", generation=1, ns="default"):
     """Waits until the ModelDeployment's status reflects `generation`."""
     def check():
         status = (cluster.md(name, ns) or {}).get("status") or {}
-        return status.get("observedGeneration") == generation and len(status.get("conditions", [])) == 4
+        return status.get("observedGeneration") == generation and len(status.get("conditions", [])) == len(CONDITION_TYPES)
     await eventually(check, 10, f"status of {name} at generation {generation}")
 
 

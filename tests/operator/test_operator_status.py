@@ -82,29 +82,40 @@ def conditions_of(status):
 @pytest.mark.parametrize("md, problems, applied, observed, expect", [
     (TINY, (), ApplyOutcome(), None,
      {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("True", "Applied"),
-      "ServeReady": ("False", "WaitingForRayService"), "Ready": ("False", "ServeNotReady")}),
+      "ServeReady": ("False", "WaitingForRayService"), "Progressing": ("True", "WaitingForRayService"),
+      "Ready": ("False", "ServeNotReady")}),
     (TINY, (), ApplyOutcome(), rayservice(ready="True", app="RUNNING", deployment="HEALTHY", endpoints=1),
      {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("True", "Applied"),
-      "ServeReady": ("True", "ServeRunning"), "Ready": ("True", "Serving")}),
+      "ServeReady": ("True", "ServeRunning"), "Progressing": ("False", "RolledOut"), "Ready": ("True", "Serving")}),
     (None, ("spec.parallelism.tensor: must be >= 1",), None, None,
      {"SpecValid": ("False", "InvalidSpec"), "ResourcesApplied": ("False", "InvalidSpec"),
-      "ServeReady": ("False", "WaitingForRayService"), "Ready": ("False", "InvalidSpec")}),
+      "ServeReady": ("False", "WaitingForRayService"), "Progressing": ("False", "InvalidSpec"),
+      "Ready": ("False", "InvalidSpec")}),
     (None, ("spec.model.source: bad",), None, rayservice(ready="True", app="RUNNING", endpoints=1),
      {"SpecValid": ("False", "InvalidSpec"), "ResourcesApplied": ("False", "InvalidSpec"),
-      "ServeReady": ("True", "ServeRunning"), "Ready": ("False", "InvalidSpec")}),  # old version still serves
+      "ServeReady": ("True", "ServeRunning"), "Progressing": ("False", "InvalidSpec"),
+      "Ready": ("False", "InvalidSpec")}),  # old version still serves
     (TINY, (), ApplyOutcome(not_owned=("Service default/tiny exists and is controlled by no controller",)),
      rayservice(ready="True", app="RUNNING"),
      {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("False", "NotOwned"),
-      "ServeReady": ("True", "ServeRunning"), "Ready": ("False", "ResourcesNotApplied")}),
+      "ServeReady": ("True", "ServeRunning"), "Progressing": ("False", "ResourcesNotApplied"),
+      "Ready": ("False", "ResourcesNotApplied")}),
     (TINY, (), ApplyOutcome(error="HTTP 500"), None,
      {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("False", "ApplyFailed"),
-      "ServeReady": ("False", "WaitingForRayService"), "Ready": ("False", "ResourcesNotApplied")}),
+      "ServeReady": ("False", "WaitingForRayService"), "Progressing": ("False", "ResourcesNotApplied"),
+      "Ready": ("False", "ResourcesNotApplied")}),
+    (TINY, (), ApplyOutcome(error="the installed RayService CRD lacks spec.rayClusterConfig.authOptions",
+                            reason="KubeRayUnsupported"), rayservice(ready="True", app="RUNNING"),
+     {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("False", "KubeRayUnsupported"),
+      "ServeReady": ("True", "ServeRunning"), "Progressing": ("False", "ResourcesNotApplied"),
+      "Ready": ("False", "ResourcesNotApplied")}),  # review #7
 ])
 def test_conditions_table(md, problems, applied, observed, expect):
     status = compute_status(md, observed, 7, name="tiny", namespace="default", now=T0,
                             problems=problems, applied=applied)
     assert conditions_of(status) == expect
-    assert [c["type"] for c in status["conditions"]] == ["SpecValid", "ResourcesApplied", "ServeReady", "Ready"]
+    assert [c["type"] for c in status["conditions"]] == ["SpecValid", "ResourcesApplied", "ServeReady", "Progressing",
+                                                         "Ready"]
     for condition in status["conditions"]:
         assert condition["observedGeneration"] == 7
         assert condition["lastTransitionTime"] == "2026-01-01T12:00:00Z"
@@ -183,7 +194,8 @@ def test_last_transition_time_moves_only_when_status_flips():
                            now=flipped_at, previous=second)
     times = {c["type"]: c["lastTransitionTime"] for c in third["conditions"]}
     assert times == {"SpecValid": "2026-01-01T12:00:00Z", "ResourcesApplied": "2026-01-01T12:00:00Z",
-                     "ServeReady": "2026-01-01T12:09:00Z", "Ready": "2026-01-01T12:09:00Z"}
+                     "ServeReady": "2026-01-01T12:09:00Z", "Progressing": "2026-01-01T12:09:00Z",
+                     "Ready": "2026-01-01T12:09:00Z"}
     # Recomputing the same inputs gives the same status: nothing to write.
     again = compute_status(TINY, rayservice(ready="True", app="RUNNING"), 2, name="tiny", namespace="default",
                            now=flipped_at + timedelta(hours=1), previous=third)
@@ -200,7 +212,7 @@ def test_events_only_on_transitions():
     ready = compute_status(TINY, rayservice(ready="True", app="RUNNING"), 1, name="tiny", namespace="default",
                            now=T0, previous=first)
     assert [(e.type, e.reason) for e in compute_events(first, ready)] == [
-        ("Normal", "ServeRunning"), ("Normal", "Serving")]
+        ("Normal", "ServeRunning"), ("Normal", "RolledOut"), ("Normal", "Serving")]
     broken = compute_status(TINY, rayservice(ready="True", app="UNHEALTHY", message="replica died"), 1,
                             name="tiny", namespace="default", now=T0, previous=ready)
     events = compute_events(ready, broken)
