@@ -5,6 +5,8 @@
   silently, and Ray's token authentication, for one, would then be off.
 - A write refused under strict field validation names the fields the
   schema lacks.
+- A pvc:// model's claim must exist, and pods on different nodes can only
+  share it when it is ReadOnlyMany or ReadWriteMany.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ RAYSERVICE_VERSION = "v1"
 # custom resources alike: 'RayService in version "v1" cannot be handled as a
 # RayService: strict decoding error: unknown field "spec.x", unknown field "spec.y"'.
 _UNKNOWN_FIELD = re.compile(r'unknown field "([^"]+)"')
+SHAREABLE_ACCESS_MODES = ("ReadOnlyMany", "ReadWriteMany")
 
 
 def format_field_path(path: Sequence[str]) -> str:
@@ -104,3 +107,35 @@ def describe_unknown_fields(fields: Sequence[str], what: str) -> str:
     return (f"the API server refused {what} under strict field validation: unknown field "
             f"{', '.join(fields)}; the installed KubeRay CRD is too old, KubeRay >= "
             f"{MIN_KUBERAY_VERSION_TEXT} is required (upgrade KubeRay and its CRDs)")
+
+
+def find_claim_names(rayservice: Optional[Mapping[str, Any]]) -> list[str]:
+    """PersistentVolumeClaims the Ray pods of a rendered RayService mount, in order."""
+    if not rayservice:
+        return []
+    cluster = (rayservice.get("spec") or {}).get("rayClusterConfig") or {}
+    groups = [cluster.get("headGroupSpec") or {}, *(cluster.get("workerGroupSpecs") or ())]
+    names: list[str] = []
+    for group in groups:
+        for volume in ((group.get("template") or {}).get("spec") or {}).get("volumes") or ():
+            claim = (volume.get("persistentVolumeClaim") or {}).get("claimName")
+            if claim and claim not in names:
+                names.append(claim)
+    return names
+
+
+def compute_claim_problem(claim: Mapping[str, Any]) -> Optional[str]:
+    """Why pods on different nodes cannot share `claim`, or None when they can.
+
+    The bound volume's modes (status.accessModes) decide; before binding,
+    the requested ones (spec.accessModes). A pod's readOnly mount does not
+    change the volume's access mode.
+    """
+    modes = (claim.get("status") or {}).get("accessModes") or (claim.get("spec") or {}).get("accessModes") or []
+    if any(mode in SHAREABLE_ACCESS_MODES for mode in modes):
+        return None
+    name = (claim.get("metadata") or {}).get("name", "")
+    offered = ", ".join(modes) or "no access mode"
+    return (f"PersistentVolumeClaim {name} offers {offered}: Ray pods on different nodes (several worker "
+            f"pods, or the second RayCluster of an upgrade) cannot all mount it; use a ReadOnlyMany or "
+            f"ReadWriteMany claim")

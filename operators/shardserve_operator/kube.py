@@ -66,6 +66,7 @@ LEASE = Kind("coordination.k8s.io/v1", "Lease", "leases")
 # Read and watched, never created: KubeRay creates the RayClusters of a
 # RayService; the operator only patches their worker bounds.
 RAYCLUSTER = Kind("ray.io/v1", "RayCluster", "rayclusters")
+PERSISTENT_VOLUME_CLAIM = Kind("v1", "PersistentVolumeClaim", "persistentvolumeclaims")
 CUSTOM_RESOURCE_DEFINITION = Kind("apiextensions.k8s.io/v1", "CustomResourceDefinition",
                                   "customresourcedefinitions", namespaced=False)
 

@@ -44,8 +44,8 @@ PREFIX = "shardserve_operator_"
 # covers one whose status the operator has not written yet.
 READY_VALUES = ("True", "False", "Unknown")
 # Every reason reconcile_errors_total may carry (see reconcile.compute_error_reason).
-ERROR_REASONS = ("invalid_spec", "not_owned", "kuberay_unsupported", "conflict", "throttled", "server_error",
-                 "timeout", "not_found", "forbidden", "rejected", "transport", "other")
+ERROR_REASONS = ("invalid_spec", "not_owned", "kuberay_unsupported", "claim_not_found", "conflict", "throttled",
+                 "server_error", "timeout", "not_found", "forbidden", "rejected", "transport", "other")
 RESULTS = ("success", "error")
 # A reconcile is a few API round trips; a slow API server stretches it to seconds.
 RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -13,6 +13,7 @@ from shardserve_operator.kube import (
     CUSTOM_RESOURCE_DEFINITION,
     INGRESS,
     MODEL_DEPLOYMENT,
+    PERSISTENT_VOLUME_CLAIM,
     RAYCLUSTER,
     RAYSERVICE,
     SERVICE,
@@ -75,6 +76,10 @@ def observe_children(kube: Kube, namespace: str, md_name: str, owner_uid: Option
 
 def read_model_deployment(kube: Kube, namespace: str, name: str) -> Optional[dict[str, Any]]:
     return kube.get(MODEL_DEPLOYMENT, namespace, name)
+
+
+def read_claim(kube: Kube, namespace: str, name: str) -> Optional[dict[str, Any]]:
+    return kube.get(PERSISTENT_VOLUME_CLAIM, namespace, name)
 
 
 def read_rayservice_crd(kube: Kube) -> Optional[dict[str, Any]]:

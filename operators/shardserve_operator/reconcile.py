@@ -1,11 +1,12 @@
-"""One reconcile of one ModelDeployment: validate -> observe -> render -> apply -> status.
+"""One reconcile of one ModelDeployment: observe -> validate -> check -> render -> apply -> status.
 
 Level-based and idempotent: it reads what exists and converges it, whatever
 triggered it, so a retry or a duplicate trigger is always safe. Errors leave
 as kopf errors: PermanentError for what only a new spec can fix,
-TemporaryError (with a backoff delay) for what time may fix. A KubeRay CRD
-too old for the render holds every write back and is looked at again after
-a while: nothing announces its upgrade.
+TemporaryError (with a backoff delay) for what time may fix. What the
+cluster lacks (a KubeRay CRD too old for the render, the model's claim)
+holds every write back and is looked at again after a while: nothing
+announces when it is fixed.
 """
 
 from __future__ import annotations
@@ -33,13 +34,21 @@ from shardserve_operator.apply import (
     apply_events,
     apply_status,
 )
-from shardserve_operator.checks import describe_missing_fields
+from shardserve_operator.checks import compute_claim_problem, describe_missing_fields, find_claim_names
 from shardserve_operator.kube import RAYSERVICE, Kind, Kube, kind_of, retry_after_seconds
 from shardserve_operator.naming import is_controlled_by
-from shardserve_operator.observe import Observed, find_active_cluster, observe_children
+from shardserve_operator.observe import Observed, find_active_cluster, observe_children, read_claim
 from shardserve_operator.render import read_hash, render_children
 from shardserve_operator.settings import OperatorSettings
-from shardserve_operator.status import KUBERAY_UNSUPPORTED, ApplyOutcome, compute_events, compute_status
+from shardserve_operator.status import (
+    CLAIM_NOT_FOUND,
+    CLAIM_NOT_SHAREABLE,
+    KUBERAY_UNSUPPORTED,
+    ApplyOutcome,
+    Notice,
+    compute_events,
+    compute_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +82,7 @@ def compute_error_reason(err: BaseException) -> str:
     if isinstance(err, NotOwnedError):
         return "not_owned"
     if isinstance(err, HeldBackError):
-        return {KUBERAY_UNSUPPORTED: "kuberay_unsupported"}.get(err.reason, "other")
+        return {KUBERAY_UNSUPPORTED: "kuberay_unsupported", CLAIM_NOT_FOUND: "claim_not_found"}.get(err.reason, "other")
     cause = err.__cause__ if isinstance(err, (kopf.TemporaryError, kopf.PermanentError)) else err
     if isinstance(cause, ApiException):
         status = cause.status or 0
@@ -153,11 +162,12 @@ def _document(body: Mapping[str, Any]) -> dict[str, Any]:
     return {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
 
 
-def _write_status(kube: Kube, body: Mapping[str, Any], previous: dict, status: dict, now: datetime) -> bool:
+def _write_status(kube: Kube, body: Mapping[str, Any], previous: dict, status: dict, now: datetime,
+                  notices: tuple[Notice, ...] = ()) -> bool:
     meta = body["metadata"]
     if not apply_status(kube, meta["namespace"], meta["name"], previous, status):
         return False
-    apply_events(kube, body, compute_events(previous, status), now)
+    apply_events(kube, body, compute_events(previous, status, notices), now)
     return True
 
 
@@ -209,6 +219,17 @@ def reconcile(
     desired = render_children(md, settings.render_options(), owner_uid=uid, active_cluster=find_active_cluster(ours))
     # A paused deployment (spec.replicas 0) renders no RayService.
     rendered = next((obj for obj in desired if kind_of(obj) == RAYSERVICE), None)
+    with retried(attempt, settings):
+        claims = {claim: read_claim(kube, namespace, claim) for claim in find_claim_names(rendered)}
+    absent = [claim for claim, found in claims.items() if found is None]
+    if absent:
+        raise hold_back(CLAIM_NOT_FOUND, f"PersistentVolumeClaim {namespace}/{absent[0]} (spec.model.source) "
+                                         f"does not exist; nothing is applied until it does")
+    notices = tuple(Notice(CLAIM_NOT_SHAREABLE, problem) for found in claims.values()
+                    if found is not None and (problem := compute_claim_problem(found)))
+    for notice in notices:
+        log.warning("%s/%s: %s", namespace, name, notice.message)
+
     try:
         report = apply_children(kube, namespace, name, uid, desired, observed)
     except KubeRayUnsupportedError as err:
@@ -229,9 +250,9 @@ def reconcile(
     # Status describes the children as they are now, after this apply.
     common["clusters"] = report.clusters
     status = compute_status(md, report.current.get(RAYSERVICE), generation, paused=rendered is None,
-                            applied=ApplyOutcome(not_owned=tuple(report.not_owned)), **common)
+                            applied=ApplyOutcome(not_owned=tuple(report.not_owned), notices=notices), **common)
     with retried(attempt, settings):
-        written = _write_status(kube, body, previous, status, now)
+        written = _write_status(kube, body, previous, status, now, notices)
     result = ReconcileResult(
         status_written=written,
         report=report,

@@ -4,13 +4,17 @@ Condition types and reasons, all in one place:
 
   SpecValid         True   SpecAccepted             the spec passed every check
                     False  InvalidSpec              message: "field.path: rule; ..."
-  ResourcesApplied  True   Applied                  RayService, Service (and Ingress) match this generation
+  ResourcesApplied  True   Applied                  RayService, Service (and Ingress) match this generation;
+                                                    the message also names a pvc:// claim that pods on
+                                                    different nodes cannot share (event ClaimNotShareable)
                     False  InvalidSpec              nothing applied; children are left as they were
                     False  NotOwned                 a child's name is taken by an object this
                                                     ModelDeployment does not control
                     False  KubeRayUnsupported       the installed KubeRay CRD lacks fields the render uses
                                                     (seen at start-up, or a write refused under strict
                                                     field validation); nothing is written until it is upgraded
+                    False  ClaimNotFound            the pvc:// model's PersistentVolumeClaim does not
+                                                    exist; nothing is written until it does
                     False  ApplyFailed              the API server rejected or kept failing a write
   ServeReady        True   ServeRunning             KubeRay reports the RayService Ready and the
                                                     application is neither failed nor unhealthy
@@ -45,8 +49,9 @@ Condition types and reasons, all in one place:
 Events: one per condition transition, a flip of its status or a new reason
 while the status stays (so Initializing -> ApplicationDeployFailed is
 reported too), with the condition's reason (Progressing's only when it is
-not ServeReady's, which already told); and `Scaled` when the replica count
-the autoscaler asks for changes.
+not ServeReady's, which already told); `Scaled` when the replica count the
+autoscaler asks for changes; and a Warning for each problem ResourcesApplied's
+message newly reports (ClaimNotShareable).
 
 Every condition carries observedGeneration; lastTransitionTime moves only
 when its status flips, so rewriting a reason or message does not reset it.
@@ -78,6 +83,8 @@ INVALID_SPEC = "InvalidSpec"
 APPLIED = "Applied"
 NOT_OWNED = "NotOwned"
 KUBERAY_UNSUPPORTED = "KubeRayUnsupported"
+CLAIM_NOT_FOUND = "ClaimNotFound"
+CLAIM_NOT_SHAREABLE = "ClaimNotShareable"  # an event; ResourcesApplied stays True
 APPLY_FAILED = "ApplyFailed"
 SERVE_RUNNING = "ServeRunning"
 PAUSED = "Paused"
@@ -97,8 +104,9 @@ SERVE_NOT_READY = "ServeNotReady"
 ROLLING_OUT = "RollingOut"
 SCALED = "Scaled"
 # False with one of these needs a person, so its event is a Warning.
-FAILURE_REASONS = frozenset({INVALID_SPEC, NOT_OWNED, KUBERAY_UNSUPPORTED, APPLY_FAILED, APPLICATION_DEPLOY_FAILED,
-                             APPLICATION_UNHEALTHY, APPLICATION_MISSING, "InitializingTimeout"})
+FAILURE_REASONS = frozenset({INVALID_SPEC, NOT_OWNED, KUBERAY_UNSUPPORTED, CLAIM_NOT_FOUND, APPLY_FAILED,
+                             APPLICATION_DEPLOY_FAILED, APPLICATION_UNHEALTHY, APPLICATION_MISSING,
+                             "InitializingTimeout"})
 
 
 @dataclass(frozen=True)
@@ -110,12 +118,21 @@ class ConditionState:
 
 
 @dataclass(frozen=True)
+class Notice:
+    """A problem that does not stop the apply: shown in ResourcesApplied's message, posted as a Warning."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class ApplyOutcome:
     """What status needs to know about the last apply."""
 
     not_owned: Sequence[str] = ()
     error: Optional[str] = None  # set when writes failed (after retries), were rejected or were held back
     reason: str = APPLY_FAILED  # ResourcesApplied's reason when `error` is set
+    notices: Sequence[Notice] = ()
 
 
 @dataclass(frozen=True)
@@ -271,6 +288,8 @@ def _applied_state(md: Optional[ModelDeployment], applied: Optional[ApplyOutcome
     else:
         message = ("RayService, Service and Ingress" if md.spec.ingress else "RayService and Service") + \
             " match the spec"
+    for notice in (applied.notices if applied else ()):
+        message += f"; {notice.message}"
     return ConditionState(RESOURCES_APPLIED, "True", APPLIED, message)
 
 
@@ -359,8 +378,10 @@ def compute_status(
     return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
-def compute_events(previous: Optional[Mapping[str, Any]], new: Mapping[str, Any]) -> list[EventRecord]:
-    """One event per condition that appeared, flipped its status, or changed its reason."""
+def compute_events(previous: Optional[Mapping[str, Any]], new: Mapping[str, Any],
+                   notices: Sequence[Notice] = ()) -> list[EventRecord]:
+    """One event per condition that appeared, flipped its status, or changed its reason;
+    one Warning per notice ResourcesApplied's previous message did not carry yet."""
     records = []
     serve_reason = (find_condition(new.get("conditions"), SERVE_READY) or {}).get("reason")
     for type_ in CONDITION_TYPES:
@@ -378,6 +399,10 @@ def compute_events(previous: Optional[Mapping[str, Any]], new: Mapping[str, Any]
                 (before is not None and before.get("status") == "True") or now_["reason"] in FAILURE_REASONS)
         message = f"{type_} is {now_['status']}: {now_.get('message', '')}".rstrip(": ")
         records.append(EventRecord("Warning" if fell else "Normal", now_["reason"], message))
+    applied_before = (find_condition((previous or {}).get("conditions"), RESOURCES_APPLIED) or {}).get("message", "")
+    for notice in notices:
+        if notice.message not in applied_before:
+            records.append(EventRecord("Warning", notice.reason, notice.message))
     # The autoscaler's changes, seen through the RayCluster's desired workers;
     # the decision's own inputs are in Serve's controller log.
     before_replicas = (previous or {}).get("replicas")

@@ -4,7 +4,8 @@ The real operator (kopf, the official client, leader election on) runs
 against the stateful API server of the operator suite through a full life:
 create with an Ingress, a spec change that touches every child, KubeRay's
 RayCluster appearing and the replica count changing (its worker bounds are
-patched), a child deleted by hand, the Ingress removed, shutdown. Every request it sends is
+patched), the model moving to a pvc:// claim, a child deleted by hand, the
+Ingress removed, shutdown. Every request it sends is
 turned into an RBAC check (group, resource, verb, namespace, name) and must
 be allowed by the Roles the chart renders for the same settings; every verb
 the chart grants must have been used, or be one the API server checks
@@ -46,6 +47,7 @@ from tests.cluster.chart import NAMESPACE, render_chart  # noqa: E402
 
 TEST_HEADER = "X-Shardserve-Test"
 RAYCLUSTER_PATH = "/apis/ray.io/v1/namespaces/{ns}/rayclusters"
+PVC_PATH = "/api/v1/namespaces/{ns}/persistentvolumeclaims"
 POD_NAME = "shardserve-abc12"
 
 
@@ -188,6 +190,13 @@ async def run_operator_life(namespaces: tuple[str, ...]) -> tuple[list[Access], 
                 await cluster.patch(md_path, {"spec": {"replicas": 2}})
                 await eventually(lambda: emulator.get("ray.io/v1/rayclusters", ns, "tiny-abcde")["spec"]
                                  ["workerGroupSpecs"][0]["maxReplicas"] == 2, 15, "RayCluster bounds patched")
+                # The model on a claim the operator reads (review #11).
+                await cluster.create(PVC_PATH.format(ns=ns), {
+                    "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "models"},
+                    "spec": {"accessModes": ["ReadOnlyMany"], "resources": {"requests": {"storage": "1Gi"}}}})
+                await cluster.patch(md_path, {"spec": {"model": {"source": "pvc://models/tiny"}}})
+                await eventually(lambda: "models" in str(cluster.rayservice("tiny", ns)["spec"]), 15,
+                                 "the claim mounted")
                 old = cluster.service("tiny", ns)["metadata"]["uid"]
                 status, _ = await cluster.request("DELETE", SVC_PATH.format(ns=ns) + "/tiny")
                 assert status == 200

@@ -109,6 +109,10 @@ def conditions_of(status):
      {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("False", "KubeRayUnsupported"),
       "ServeReady": ("True", "ServeRunning"), "Progressing": ("False", "ResourcesNotApplied"),
       "Ready": ("False", "ResourcesNotApplied")}),  # review #7
+    (TINY, (), ApplyOutcome(error="PersistentVolumeClaim default/m does not exist", reason="ClaimNotFound"), None,
+     {"SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("False", "ClaimNotFound"),
+      "ServeReady": ("False", "WaitingForRayService"), "Progressing": ("False", "ResourcesNotApplied"),
+      "Ready": ("False", "ResourcesNotApplied")}),  # review #11
 ])
 def test_conditions_table(md, problems, applied, observed, expect):
     status = compute_status(md, observed, 7, name="tiny", namespace="default", now=T0,

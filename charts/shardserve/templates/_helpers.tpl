@@ -87,6 +87,10 @@ tests/cluster/test_rbac.py, which runs the operator and compares.
 - apiGroups: ["ray.io"]
   resources: ["rayclusters"]
   verbs: ["get", "list", "watch", "patch"]
+# A pvc:// model's claim: read to report a missing or unshareable claim.
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
 # Condition transitions are reported as Events.
 - apiGroups: [""]
   resources: ["events"]
