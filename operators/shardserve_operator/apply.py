@@ -3,10 +3,10 @@
 Get -> create, or compare the rendered hash -> replace, as KServe's controller
 does: API servers without server-side apply (and mock servers) behave the
 same, and a replace carrying the resourceVersion that was read fails with 409
-instead of overwriting someone's concurrent change. An object whose
-controller is not this ModelDeployment is never touched. Every write uses
-strict field validation, so a field the installed CRD lacks fails the write
-instead of vanishing.
+instead of overwriting someone's concurrent change; that 409 is retried once,
+at once, on a fresh read. An object whose controller is not this
+ModelDeployment is never touched. Every write uses strict field validation,
+so a field the installed CRD lacks fails the write instead of vanishing.
 
 KubeRay's change hash leaves each worker group's replicas, minReplicas and
 maxReplicas out (shardserve.kuberay.HASH_IGNORED_WORKER_FIELDS), so new
@@ -138,28 +138,51 @@ def apply_children(
         want = rendered.get(kind)
         if existing is not None and not naming.is_controlled_by(existing, owner_uid):
             if want is not None:
-                ref = naming.find_controller(existing)
-                holder = f"{ref.get('kind')} {ref.get('name')}" if ref else "no controller"
-                report.not_owned.append(f"{what} exists and is controlled by {holder}")
+                report.not_owned.append(_describe_holder(existing, what))
             continue  # not ours: never updated or deleted
         if want is None:
             if existing is not None:
                 delete_child(kube, kind, namespace, existing)
                 report.deleted.append(what)
             continue
-        if existing is None:
-            report.current[kind] = _write(kube, kind, "POST", kind.path(namespace), want, what)
-            report.created.append(what)
-        elif read_hash(existing) == read_hash(want):
-            report.current[kind] = existing
-            report.unchanged.append(what)
-        else:
-            report.current[kind] = _write(kube, kind, "PUT", kind.path(namespace, name),
-                                          build_replacement(existing, want), what)
-            report.updated.append(what)
+        _converge(kube, kind, namespace, name, what, owner_uid, existing, want, report)
     if RAYSERVICE in rendered and RAYSERVICE in report.current:
         apply_cluster_bounds(kube, namespace, rendered[RAYSERVICE], observed.clusters, report)
     return report
+
+
+def _describe_holder(existing: Mapping[str, Any], what: str) -> str:
+    ref = naming.find_controller(existing)
+    holder = f"{ref.get('kind')} {ref.get('name')}" if ref else "no controller"
+    return f"{what} exists and is controlled by {holder}"
+
+
+def _converge(kube: Kube, kind: Kind, namespace: str, name: str, what: str, owner_uid: str,
+              existing: Optional[Mapping[str, Any]], want: dict[str, Any], report: ApplyReport) -> None:
+    """Creates or replaces one child. A replace that meets 409 (someone wrote in between,
+    often KubeRay's status) reads the object again and tries once more, at once."""
+    for last in (False, True):
+        if existing is None:
+            report.current[kind] = _write(kube, kind, "POST", kind.path(namespace), want, what)
+            report.created.append(what)
+            return
+        if not naming.is_controlled_by(existing, owner_uid):
+            report.not_owned.append(_describe_holder(existing, what))
+            return
+        if read_hash(dict(existing)) == read_hash(want):
+            report.current[kind] = dict(existing)
+            report.unchanged.append(what)
+            return
+        try:
+            report.current[kind] = _write(kube, kind, "PUT", kind.path(namespace, name),
+                                          build_replacement(existing, want), what)
+            report.updated.append(what)
+            return
+        except ApiException as err:
+            if err.status != 409 or last:
+                raise
+        log.debug("conflict replacing %s; reading it again", what)
+        existing = kube.get(kind, namespace, name)
 
 
 def build_bounds_patch(cluster: Mapping[str, Any], rendered_groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
