@@ -22,9 +22,10 @@ import kopf
 
 from shardserve.spec import API_GROUP
 
+from shardserve_operator import naming
 from shardserve_operator.handlers import Controller, register
 from shardserve_operator.health import Health, HealthServer, Phase
-from shardserve_operator.kube import CHILD_KINDS, Kube, build_api_client
+from shardserve_operator.kube import CHILD_KINDS, WATCHED_KINDS, Kube, build_api_client
 from shardserve_operator.leader import LeaseElector
 from shardserve_operator.metrics import ManagedState, OperatorMetrics
 from shardserve_operator.settings import OperatorSettings, add_arguments, from_args
@@ -46,6 +47,12 @@ def build_kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
         prefix=API_GROUP, key="last-handled-configuration")
     base, cap = settings.retry_base_seconds, settings.retry_max_seconds
     kopf_settings.networking.error_backoffs = [min(cap, base * 2 ** i) for i in range(8)]
+    # Children and RayClusters are filtered by the API server, not after
+    # kopf received every Service, Ingress, RayService and RayCluster in the
+    # watched namespaces (the handlers' own label filter stays).
+    for kind in WATCHED_KINDS:
+        kopf_settings.watching.label_selectors[kind.api_version, kind.plural] = \
+            f"{naming.LABEL_MANAGED_BY}={naming.MANAGER}"
     return kopf_settings
 
 
