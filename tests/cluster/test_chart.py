@@ -242,20 +242,56 @@ def _ray_pods(example: str = "tiny-cpu.yaml"):
     return [("head", head), *[("worker", w) for w in workers]]
 
 
-def test_network_policy_selects_ray_pods_and_only_them(default_render):
-    (policy,) = by_kind(default_render[0])["NetworkPolicy"]
-    selector = policy["spec"]["podSelector"]
+# The namespaces a cluster-wide install lists for its Ray pods' policy.
+LISTED = {"networkPolicy": {"namespaces": ["llm", "team-c"]}}
+
+
+@pytest.fixture(scope="module")
+def listed_render():
+    return render_chart(LISTED)
+
+
+def test_network_policy_selects_ray_pods_and_only_them(listed_render):
+    policies = by_kind(listed_render[0])["NetworkPolicy"]
+    assert [p["metadata"]["namespace"] for p in policies] == ["llm", "team-c"]
+    selector = policies[0]["spec"]["podSelector"]
     for role, template in _ray_pods():
         assert _selects(selector, template["metadata"]["labels"]), f"{role} pod is not selected"
-    _, operator_pod = _operator_pod(default_render[0])
-    operator_labels = by_kind(default_render[0])["Deployment"][0]["spec"]["template"]["metadata"]["labels"]
+    _, operator_pod = _operator_pod(listed_render[0])
+    operator_labels = by_kind(listed_render[0])["Deployment"][0]["spec"]["template"]["metadata"]["labels"]
     assert not _selects(selector, operator_labels) and operator_pod
-    assert policy["metadata"]["namespace"] == "default"
 
 
-def test_network_policy_opens_only_the_serve_port_to_everyone(default_render, custom_render):
-    for objects, open_to in ((default_render[0], None), (custom_render[0], CUSTOM["networkPolicy"]["serveFrom"])):
-        for policy in by_kind(objects)["NetworkPolicy"]:
+def test_cluster_wide_install_renders_no_policy_it_cannot_place_and_says_so(default_render):
+    """review #13: with every namespace watched and none listed, a policy in `default` alone protected nothing else."""
+    objects, notes = default_render
+    assert "NetworkPolicy" not in by_kind(objects)
+    assert "no NetworkPolicy for Ray pods was rendered" in notes and "networkPolicy.namespaces" in notes
+    _, listed_notes = render_chart(LISTED)
+    assert "The NetworkPolicy for Ray pods is in: llm, team-c" in listed_notes
+    assert "WARNING" not in listed_notes
+
+
+def _kuberay_peers(policy):
+    return [peer for rule in policy["spec"]["ingress"] for peer in rule.get("from") or ()
+            if peer.get("podSelector", {}).get("matchLabels") == {"app.kubernetes.io/name": "kuberay-operator"}]
+
+
+def test_network_policy_admits_kuberay_from_any_namespace_unless_one_is_set(listed_render, custom_render):
+    """review #13: KubeRay runs in its own namespace (kuberay-system in its docs and our e2e), not in ours."""
+    for policy in by_kind(listed_render[0])["NetworkPolicy"]:
+        assert _kuberay_peers(policy) == [{"namespaceSelector": {},
+                                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "kuberay-operator"}}}]
+    for policy in by_kind(custom_render[0])["NetworkPolicy"]:
+        (peer,) = _kuberay_peers(policy)
+        assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "kuberay-system"}}
+
+
+def test_network_policy_opens_only_the_serve_port_to_everyone(listed_render, custom_render):
+    for objects, open_to in ((listed_render[0], None), (custom_render[0], CUSTOM["networkPolicy"]["serveFrom"])):
+        policies = by_kind(objects)["NetworkPolicy"]
+        assert policies
+        for policy in policies:
             rules = policy["spec"]["ingress"]
             assert policy["spec"]["policyTypes"] == ["Ingress"]
             unrestricted = [rule for rule in rules if not rule.get("from")]

@@ -71,7 +71,7 @@ def _kuberay_completed(template: dict, start_params: dict) -> tuple[dict, str]:
 
 
 def test_off_by_default():
-    kinds = by_kind(render_chart()[0])
+    kinds = by_kind(render_chart({"networkPolicy": {"namespaces": ["llm"]}})[0])
     assert not MONITOR_KINDS & set(kinds)
     assert "Service" not in kinds  # the metrics Service comes with the ServiceMonitor
     for policy in kinds["NetworkPolicy"]:

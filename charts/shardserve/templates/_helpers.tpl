@@ -97,9 +97,14 @@ tests/cluster/test_rbac.py, which runs the operator and compares.
   verbs: ["create"]
 {{- end }}
 
-{{/* Namespaces that get the Ray NetworkPolicy. */}}
+{{/*
+Namespaces that get the Ray NetworkPolicy: networkPolicy.namespaces, else the
+watched namespaces. A NetworkPolicy covers only its own namespace, so when the
+operator watches every namespace and none is listed, none is rendered (NOTES
+says so) rather than one in a namespace that may hold no ModelDeployment.
+*/}}
 {{- define "shardserve.networkPolicyNamespaces" -}}
-{{- $names := .Values.networkPolicy.namespaces | default .Values.watchNamespaces | default (list "default") }}
+{{- $names := .Values.networkPolicy.namespaces | default .Values.watchNamespaces | default (list) }}
 {{- toJson $names }}
 {{- end }}
 
