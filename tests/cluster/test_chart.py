@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from shardserve.crd import build_crd
+from shardserve.kuberay import MIN_KUBERAY_VERSION_TEXT
 from shardserve.validation import load_file
 from shardserve_operator import naming
 from shardserve_operator.render import render_children
@@ -341,6 +342,8 @@ def test_kuberay_dependency_is_optional_and_off_by_default():
     assert dependency["name"] == "kuberay-operator"
     assert dependency["condition"] == "kuberay-operator.enabled"
     assert dependency["repository"].startswith("https://")
+    # review #7: rayClusterConfig.authOptions (Ray token auth) exists from KubeRay 1.5.1 on.
+    assert dependency["version"] == f">={MIN_KUBERAY_VERSION_TEXT}"
     assert yaml.safe_load((CHART / "values.yaml").read_text())["kuberay-operator"] == {"enabled": False}
 
 
