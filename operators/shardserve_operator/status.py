@@ -49,9 +49,11 @@ Condition types and reasons, all in one place:
 Events: one per condition transition, a flip of its status or a new reason
 while the status stays (so Initializing -> ApplicationDeployFailed is
 reported too), with the condition's reason (Progressing's only when it is
-not ServeReady's, which already told); `Scaled` when the replica count the
-autoscaler asks for changes; and a Warning for each problem ResourcesApplied's
-message newly reports (ClaimNotShareable).
+not ServeReady's, which already told). A fall to False is a Warning unless
+it is what the user asked for (RollingOut, Paused) or Progressing's. Also
+`Scaled` when the replica count the autoscaler asks for changes, and a
+Warning for each problem ResourcesApplied's message newly reports
+(ClaimNotShareable).
 
 Every condition carries observedGeneration; lastTransitionTime moves only
 when its status flips, so rewriting a reason or message does not reset it.
@@ -103,6 +105,8 @@ RESOURCES_NOT_APPLIED = "ResourcesNotApplied"
 SERVE_NOT_READY = "ServeNotReady"
 ROLLING_OUT = "RollingOut"
 SCALED = "Scaled"
+# False for one of these is what the user asked for: their events stay Normal.
+EXPECTED_REASONS = frozenset({ROLLING_OUT, PAUSED})
 # False with one of these needs a person, so its event is a Warning.
 FAILURE_REASONS = frozenset({INVALID_SPEC, NOT_OWNED, KUBERAY_UNSUPPORTED, CLAIM_NOT_FOUND, APPLY_FAILED,
                              APPLICATION_DEPLOY_FAILED, APPLICATION_UNHEALTHY, APPLICATION_MISSING,
@@ -395,7 +399,7 @@ def compute_events(previous: Optional[Mapping[str, Any]], new: Mapping[str, Any]
                 continue  # the same news as ServeReady's event (deploying, failed, no RayService)
             fell = False  # False is where it rests; failures are ServeReady's and ResourcesApplied's news
         else:
-            fell = now_["status"] == "False" and (
+            fell = now_["status"] == "False" and now_["reason"] not in EXPECTED_REASONS and (
                 (before is not None and before.get("status") == "True") or now_["reason"] in FAILURE_REASONS)
         message = f"{type_} is {now_['status']}: {now_.get('message', '')}".rstrip(": ")
         records.append(EventRecord("Warning" if fell else "Normal", now_["reason"], message))
