@@ -12,6 +12,7 @@ from shardserve.validation import load_file
 
 from shardserve_operator.status import (
     ApplyOutcome,
+    Notice,
     compute_events,
     compute_serve_readiness,
     compute_status,
@@ -254,3 +255,129 @@ def test_events_when_a_reason_changes_while_the_status_stays():
     # Progress while not ready is a Normal event.
     waiting = compute_status(TINY, rayservice(), 1, name="tiny", namespace="default", now=T0)
     assert [(e.type, e.reason) for e in compute_events(waiting, deploying)] == [("Normal", "ApplicationDeploying")]
+
+
+# ---------------------------------------------------------------- rollouts, Ready and pauses (review #8)
+
+def rolling(generation=2, observed=2, upgrade=None, pending=None, app="RUNNING", deployment="HEALTHY",
+            pending_app=None):
+    """A RayService KubeRay serves from tiny-old; `generation` is its metadata.generation."""
+    rs = rayservice(ready="True", reason="NonZeroServeEndpoints", app=app, deployment=deployment, endpoints=1)
+    rs["metadata"]["generation"] = generation
+    status = rs["status"]
+    if observed is not None:
+        status["observedGeneration"] = observed
+    status.setdefault("activeServiceStatus", {})["rayClusterName"] = "tiny-old"
+    if upgrade is not None:
+        status["conditions"].append({"type": "UpgradeInProgress", "status": upgrade,
+                                     "reason": "BothActivePendingClustersExist" if upgrade == "True"
+                                     else "NoPendingCluster"})
+    if pending:
+        status["pendingServiceStatus"] = {"rayClusterName": pending}
+        if pending_app:
+            status["pendingServiceStatus"]["applicationStatuses"] = {"tiny": pending_app}
+    return rs
+
+
+@pytest.mark.parametrize("observed, progressing, ready", [
+    (rolling(), ("False", "RolledOut"), ("True", "Serving")),
+    (rolling(generation=3, observed=2), ("True", "WaitingForKubeRay"), ("False", "RollingOut")),
+    (rolling(observed=None), ("True", "WaitingForKubeRay"), ("False", "RollingOut")),
+    (rolling(upgrade="True", pending="tiny-new"), ("True", "UpgradeInProgress"), ("False", "RollingOut")),
+    (rolling(upgrade="True"), ("True", "UpgradeInProgress"), ("False", "RollingOut")),  # named later
+    (rolling(upgrade="False"), ("False", "RolledOut"), ("True", "Serving")),
+    (rolling(app="DEPLOYING", deployment="UPDATING"), ("True", "ApplicationDeploying"), ("False", "RollingOut")),
+    (rolling(app="UNHEALTHY"), ("False", "RolledOut"), ("False", "ServeNotReady")),
+])
+def test_ready_only_once_the_latest_generation_is_live(observed, progressing, ready):
+    """review #8: KubeRay keeps Ready=True from the old cluster during an upgrade; ours does not."""
+    status = compute_status(TINY, observed, 5, name="tiny", namespace="default", now=T0)
+    assert (find_condition(status["conditions"], "Progressing")["status"],
+            find_condition(status["conditions"], "Progressing")["reason"]) == progressing
+    condition = find_condition(status["conditions"], "Ready")
+    assert (condition["status"], condition["reason"]) == ready
+    if ready[1] == "RollingOut":
+        assert find_condition(status["conditions"], "ServeReady")["status"] == "True"  # the old one serves
+        assert "generation 5 is rolling out" in condition["message"]
+        assert condition["message"].endswith("the previous generation still serves")
+
+
+def test_an_upgrade_names_both_clusters_and_the_new_ones_progress():
+    """review #8: the message says which cluster still serves and how far the new one is."""
+    observed = rolling(upgrade="True", pending="tiny-new",
+                       pending_app={"status": "DEPLOY_FAILED", "message": "no GPU fits"})
+    new_cluster = {"metadata": {"name": "tiny-new"},
+                   "spec": {"workerGroupSpecs": [{"groupName": "workers", "replicas": 2, "minReplicas": 2,
+                                                  "maxReplicas": 2}]},
+                   "status": {"desiredWorkerReplicas": 2, "readyWorkerReplicas": 1}}
+    status = compute_status(TINY, observed, 2, name="tiny", namespace="default", now=T0,
+                            clusters={"tiny-new": new_cluster})
+    message = find_condition(status["conditions"], "Progressing")["message"]
+    assert "RayCluster tiny-new" in message and "1 of 2 worker pod(s) ready" in message
+    assert "DEPLOY_FAILED: no GPU fits" in message and message.endswith("RayCluster tiny-old still serves")
+
+
+def test_first_cluster_is_initializing_not_an_upgrade():
+    observed = rayservice(ready="False", reason="Initializing")
+    observed["metadata"]["generation"] = 1
+    observed["status"].update(observedGeneration=1, pendingServiceStatus={"rayClusterName": "tiny-first"})
+    status = compute_status(TINY, observed, 1, name="tiny", namespace="default", now=T0)
+    assert find_condition(status["conditions"], "Progressing")["reason"] == "Initializing"
+    assert find_condition(status["conditions"], "Ready")["reason"] == "ServeNotReady"
+
+
+def test_a_failed_deploy_ends_the_rollout():
+    status = compute_status(TINY, rolling(app="DEPLOY_FAILED", deployment="UNHEALTHY"), 2, name="tiny",
+                            namespace="default", now=T0)
+    assert find_condition(status["conditions"], "Progressing")["status"] == "False"
+    assert find_condition(status["conditions"], "Progressing")["reason"] == "ApplicationDeployFailed"
+    # Its event is ServeReady's, not twice.
+    events = compute_events(compute_status(TINY, rolling(), 2, name="tiny", namespace="default", now=T0), status)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "ApplicationDeployFailed"),
+                                                    ("Warning", "ServeNotReady")]
+
+
+def test_rolling_out_and_back_are_normal_events():
+    """review #8: Ready flips to RollingOut and back; Progressing's own events are Normal."""
+    serving = compute_status(TINY, rolling(), 1, name="tiny", namespace="default", now=T0)
+    rolling_out = compute_status(TINY, rolling(generation=3, observed=2), 2, name="tiny", namespace="default",
+                                 now=T0, previous=serving)
+    events = compute_events(serving, rolling_out)
+    # A rollout is what the user asked for: not a Warning.
+    assert [(e.type, e.reason) for e in events] == [("Normal", "WaitingForKubeRay"), ("Normal", "RollingOut")]
+    done = compute_status(TINY, rolling(generation=3, observed=3), 2, name="tiny", namespace="default",
+                          now=T0, previous=rolling_out)
+    assert [(e.type, e.reason) for e in compute_events(rolling_out, done)] == [("Normal", "RolledOut"),
+                                                                               ("Normal", "Serving")]
+
+
+def test_paused_says_so_and_counts_nothing():
+    """A paused deployment (spec.replicas 0) has no RayService, hence no Ray pod."""
+    status = compute_status(TINY, None, 4, name="tiny", namespace="default", now=T0, paused=True)
+    assert conditions_of(status) == {
+        "SpecValid": ("True", "SpecAccepted"), "ResourcesApplied": ("True", "Applied"),
+        "ServeReady": ("False", "Paused"), "Progressing": ("False", "Paused"), "Ready": ("False", "Paused")}
+    assert (status["replicas"], status["readyReplicas"]) == (0, 0)
+    running = compute_status(TINY, rolling(), 3, name="tiny", namespace="default", now=T0)
+    assert {(e.type, e.reason) for e in compute_events(running, status)} == {("Normal", "Paused"), ("Normal", "Scaled")}
+    assert find_condition(status["conditions"], "ResourcesApplied")["message"] == \
+        "Service matches the spec; no RayService while paused"
+    assert "spec.replicas is 0" in find_condition(status["conditions"], "Ready")["message"]
+    ModelDeploymentStatus.model_validate(status)
+
+
+# ---------------------------------------------------------------- a claim pods cannot share (review #11)
+
+def test_unshareable_claim_is_in_the_message_and_warned_once():
+    """review #11: applied anyway; ResourcesApplied's message carries it and one Warning is posted."""
+    notice = Notice("ClaimNotShareable", "PersistentVolumeClaim weights offers ReadWriteOnce: ...")
+    first = compute_status(TINY, None, 1, name="tiny", namespace="default", now=T0,
+                           applied=ApplyOutcome(notices=(notice,)))
+    applied = find_condition(first["conditions"], "ResourcesApplied")
+    assert (applied["status"], applied["reason"]) == ("True", "Applied")
+    assert applied["message"].endswith("; " + notice.message)
+    events = compute_events(None, first, (notice,))
+    assert [(e.type, e.reason) for e in events if e.reason == "ClaimNotShareable"] == [("Warning", "ClaimNotShareable")]
+    again = compute_status(TINY, None, 1, name="tiny", namespace="default", now=T0, previous=first,
+                           applied=ApplyOutcome(notices=(notice,)))
+    assert compute_events(first, again, (notice,)) == []
