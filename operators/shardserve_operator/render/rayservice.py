@@ -7,6 +7,7 @@ Serve application, which imports the same builder `shardserve run` uses.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -45,6 +46,23 @@ MODEL_VOLUME = "models"
 CACHE_VOLUME = "model-cache"
 CACHE_MOUNT = "/var/cache/shardserve"
 DOWNLOADED_SCHEMES = ("hf", "s3", "gs")
+# vLLM's workers and NCCL exchange tensors through /dev/shm, which a
+# container runtime caps at 64 MiB; a memory-backed volume lifts the cap
+# (its use counts against the pod's memory).
+SHM_VOLUME = "dshm"
+# Ray pods meet the Pod Security Standard "restricted": the runtime image
+# runs as uid 1000 (Ray's images' `ray` user). KubeRay copies the Ray
+# container's securityContext to the init container it adds
+# (common/pod.go v1.5.1:338) and takes the autoscaler's from
+# autoscalerOptions (pod.go:649-650).
+RAY_UID = 1000
+CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RAY_UID,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 # A change to Serve's HTTP options (port, request timeout) must restart Ray:
 # Serve refuses to update them on a running instance. Their hash on the pod
 # templates makes KubeRay start a new cluster for such a change.
@@ -145,7 +163,8 @@ def _model_claim(md: ModelDeployment) -> Optional[str]:
 
 def _container(name: str, image: str, md: ModelDeployment, ports: list[dict], resources: dict) -> dict[str, Any]:
     container: dict[str, Any] = {"name": name, "image": image, "ports": ports,
-                                 "env": [{"name": k, "value": v} for k, v in sorted(RAY_SERVE_ENV.items())]}
+                                 "env": [{"name": k, "value": v} for k, v in sorted(RAY_SERVE_ENV.items())],
+                                 "securityContext": copy.deepcopy(CONTAINER_SECURITY)}
     if resources:
         container["resources"] = resources
     secret = md.spec.model.credentials_secret
@@ -262,6 +281,9 @@ def _add_model_volumes(md: ModelDeployment, worker: dict[str, Any], volumes: lis
     if claim:
         volumes.append({"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": MODEL_VOLUME, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    if md.spec.resources.accelerator != "cpu":
+        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
     if model.scheme in DOWNLOADED_SCHEMES:
         volumes.append({"name": CACHE_VOLUME,
                         "emptyDir": {"sizeLimit": model.cache_size} if model.cache_size else {}})
@@ -355,7 +377,8 @@ def build_rayservice(md: ModelDeployment, options: RenderOptions) -> dict[str, A
                 # Ray's autoscaler adds worker pods when Serve asks for more
                 # replicas than fit, within the worker group's bounds.
                 "enableInTreeAutoscaling": True,
-                "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": idle},
+                "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": idle,
+                                      "securityContext": copy.deepcopy(CONTAINER_SECURITY)},
                 "headGroupSpec": build_head_group(md, options),
                 "workerGroupSpecs": [build_worker_group(md, options, placement)],
             },
