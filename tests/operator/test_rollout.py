@@ -1,14 +1,16 @@
-"""What a spec change costs on a running cluster."""
+"""What a spec change costs on a running cluster, and the table in docs/cluster.md that says so."""
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from shardserve.kuberay import RESERVED_PORTS
 from shardserve.validation import load_file, parse_deployment
 from shardserve_operator.render import RenderOptions
 from shardserve_operator.render.rollout import (
@@ -22,7 +24,9 @@ from shardserve_operator.render.rollout import (
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "cluster.md"
 BASE = ROOT / "manifests" / "examples" / "llama-8b-1gpu.yaml"
+TABLE_HEADING = "## What each spec change costs"
 
 OLD, NEW = KUBERAY_VERSIONS  # 1.5.1, 1.6.2
 
@@ -198,3 +202,84 @@ def test_diff_paths():
     assert diff_paths({"a": [1]}, {"a": [1, 2]}) == [".a"]
     assert diff_paths(None, {"x": 1}, "Ingress") == ["Ingress"]
 
+
+# ---------------------------------------------------------------- docs/cluster.md
+
+
+def parse_table(text: str, heading: str = TABLE_HEADING) -> tuple[list[str], list[list[str]]]:
+    """The first Markdown table after `heading`: header cells and body rows."""
+    section = text.split(heading, 1)[1]
+    lines = [line.strip() for line in section.splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    header, rule, *body = rows
+    assert all(set(cell) <= set("-: ") for cell in rule), rule
+    return header, body
+
+
+_ASSIGNMENT = re.compile(r"^(spec(?:\.[A-Za-z]+)+): (.+) → (.+)$")
+
+
+def parse_change(cell: str) -> list[tuple[str, Any, Any]]:
+    """`spec.a.b: OLD → NEW; spec.c: OLD → NEW` -> [(path, old, new), ...]; values are YAML, `~` unset."""
+    code = cell.strip()
+    assert code.startswith("`") and code.endswith("`"), cell
+    edits = []
+    for part in code.strip("`").split("; "):
+        match = _ASSIGNMENT.match(part)
+        assert match, f"not `path: old → new`: {part!r}"
+        path, before, after = match.groups()
+        edits.append((path, yaml.safe_load(before), yaml.safe_load(after)))
+    return edits
+
+
+def _version_columns(header: list[str]) -> dict[tuple[int, int, int], int]:
+    columns = {}
+    for index, name in enumerate(header):
+        if name.startswith("KubeRay "):
+            columns[tuple(int(n) for n in name.removeprefix("KubeRay ").split("."))] = index
+    return columns
+
+
+def _doc_rows() -> list[list[str]]:
+    return parse_table(DOC.read_text())[1]
+
+
+def test_the_doc_table_has_a_column_per_modelled_kuberay_release():
+    header, body = parse_table(DOC.read_text())
+    assert header[:2] == ["Edit", "Change"]
+    assert tuple(_version_columns(header)) == KUBERAY_VERSIONS
+    assert body and all(len(row) == len(header) for row in body)
+
+
+@pytest.mark.parametrize("row", _doc_rows(), ids=lambda row: row[0])
+def test_each_row_of_the_doc_table_is_what_compute_change_cost_says(row):
+    header, _ = parse_table(DOC.read_text())
+    edits = parse_change(row[header.index("Change")])
+    cost = cost_of(edits)
+    written = {version: row[index] for version, index in _version_columns(header).items()}
+    assert written == {version: c.value for version, c in cost.by_version.items()}, \
+        f"{row[0]}: the doc says {written}; compute_change_cost: {summarize(cost)}"
+
+
+def test_the_doc_table_covers_the_edits_people_make():
+    paths = {path for row in _doc_rows() for path, _, _ in parse_change(row[1])}
+    assert paths >= {
+        "spec.replicas", "spec.autoscaling", "spec.engine.maxModelLen", "spec.engine.dtype",
+        "spec.parallelism.tensor", "spec.image", "spec.resources.memory", "spec.resources.cpu",
+        "spec.resources.tolerations", "spec.resources.nodeSelector", "spec.resources.acceleratorType",
+        "spec.serving.requestTimeoutSeconds", "spec.serving.port", "spec.serving.apiKeySecret",
+        "spec.model.credentialsSecret", "spec.telemetry", "spec.ingress.host", "spec.model.cacheSize",
+    }
+    written = {cell for row in _doc_rows() for cell in row[2:4]}
+    assert written == {c.value for c in Cost} - {Cost.NONE.value}
+
+
+def test_the_doc_lists_every_port_the_api_server_refuses():
+    text = DOC.read_text()
+    for reserved in RESERVED_PORTS:
+        assert f"- {reserved.describe()}\n" in text
