@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from shardserve.kuberay import MIN_KUBERAY_VERSION_TEXT
 from shardserve.validation import parse_deployment
 from shardserve_operator.render import render_children
 from shardserve_operator.render.rollout import Cost, compute_change_cost
@@ -82,6 +83,22 @@ def test_e2e_installs_the_chart_with_values_helm_accepts(env, monkeypatch):
 
 
 # ---------------------------------------------------------------- the cases (cluster review #20)
+
+def test_the_suite_runs_the_cases_that_catch_the_reviewed_defects():
+    done = _run_e2e({}, "--collect-only")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for case in (
+        "test_every_ray_group_has_cpus_the_autoscaler_can_read",  # review #1
+        "test_kubectl_scale_adds_and_removes_a_worker_pod",  # #2: bounds on the RayCluster, pods, readyReplicas
+        "test_serve_only_change_replaces_every_replica_on_the_same_cluster",  # #8: Ready only once it serves
+        "test_cluster_change_rolls_out_a_new_raycluster",  # #8, #12
+        "test_pause_deletes_the_rayservice_and_every_ray_pod",  # #6
+        "test_cpu_autoscaling_adds_a_replica_under_load_and_removes_it_after",  # #2 for autoscaling
+        "test_resume_after_pause_serves_again",
+        "test_api_server_rejects_invalid_specs[kuberay-port]",  # #4
+    ):
+        assert f"e2e/test_lifecycle.py::{case}" in done.stdout, case
+
 
 def _md(doc: dict):
     return parse_deployment(copy.deepcopy(doc))
@@ -169,3 +186,9 @@ def test_the_suites_reading_of_a_rollout(rayservice, says):
 def test_json_after_log_lines():
     assert parse_json_output('2026-01-01 INFO [x] started\n[{"name": "a"}]\n', "[") == [{"name": "a"}]
     assert parse_json_output('warning {oops\n{"object": "chat.completion"}') == {"object": "chat.completion"}
+
+
+def test_the_readme_asks_for_the_kuberay_the_render_needs():
+    readme = (ROOT / "e2e" / "README.md").read_text()
+    assert f"KubeRay {MIN_KUBERAY_VERSION_TEXT} or later" in readme
+    assert "1.4 or later" not in readme
