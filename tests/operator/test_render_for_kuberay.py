@@ -203,3 +203,37 @@ def test_replica_count_and_bounds_reach_serve_as_deployment_options():
     scaled = _app_config(_with("llama-8b-1gpu", autoscaling__minReplicas=0, autoscaling__maxReplicas=6))
     (options,) = scaled.deployments
     assert options.autoscaling_config["min_replicas"] == 0 and options.autoscaling_config["max_replicas"] == 6
+
+
+# ---------------------------------------------------------------- review #19: Pod Security Standards
+
+# The "restricted" profile's checks (Kubernetes staging/src/k8s.io/pod-security-admission/policy:
+# check_restrictedVolumes.go, check_allowPrivilegeEscalation.go, check_capabilities_restricted.go,
+# check_runAsNonRoot.go, check_seccompProfile_restricted.go).
+RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                           "projected", "secret"}
+
+
+def _meets_restricted(context: dict) -> None:
+    assert context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"] and not context["capabilities"].get("add")
+    assert context["runAsNonRoot"] is True and context.get("runAsUser", 1) != 0
+    assert context["seccompProfile"]["type"] in ("RuntimeDefault", "Localhost")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_ray_pods_and_the_autoscaler_meet_the_restricted_pod_security_standard(case):
+    cluster = _cluster(_doc(case))
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = group["template"]["spec"]
+        for container in pod["containers"]:
+            _meets_restricted(container["securityContext"])
+        for volume in pod.get("volumes", []):
+            assert set(volume) - {"name"} <= RESTRICTED_VOLUME_TYPES, volume
+    _meets_restricted(cluster["autoscalerOptions"]["securityContext"])
+
+
+def test_gpu_workers_get_a_shared_memory_volume():
+    pod = _worker_pod(_doc("llama-70b-tp4-pp2"))
+    (volume,) = [v for v in pod["volumes"] if v.get("emptyDir", {}).get("medium") == "Memory"]
+    assert {"name": volume["name"], "mountPath": "/dev/shm"} in pod["containers"][0]["volumeMounts"]

@@ -7,6 +7,7 @@ Serve application, which imports the same builder `shardserve run` uses.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -45,10 +46,28 @@ MODEL_VOLUME = "models"
 CACHE_VOLUME = "model-cache"
 CACHE_MOUNT = "/var/cache/shardserve"
 DOWNLOADED_SCHEMES = ("hf", "s3", "gs")
+# vLLM's workers and NCCL exchange tensors through /dev/shm, which a
+# container runtime caps at 64 MiB; a memory-backed volume lifts the cap
+# (its use counts against the pod's memory).
+SHM_VOLUME = "dshm"
+# Ray pods meet the Pod Security Standard "restricted": the runtime image
+# runs as uid 1000 (Ray's images' `ray` user). KubeRay copies the Ray
+# container's securityContext to the init container it adds
+# (common/pod.go v1.5.1:338) and takes the autoscaler's from
+# autoscalerOptions (pod.go:649-650).
+RAY_UID = 1000
+CONTAINER_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": RAY_UID,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 # A change to Serve's HTTP options (port, request timeout) must restart Ray:
 # Serve refuses to update them on a running instance. Their hash on the pod
 # templates makes KubeRay start a new cluster for such a change.
 ANNOTATION_HTTP_OPTIONS = "shardserve.dev/serve-http-options"
+ANNOTATION_TOLERATIONS = "shardserve.dev/tolerations"
 # The serving.apiKeySecret, mounted read-only: one file per key. The kubelet
 # updates the files in place when the Secret changes, and the ingress re-reads
 # them (shardserve.api_keys), so keys rotate without a restart.
@@ -58,8 +77,11 @@ API_KEYS_MOUNT = "/etc/shardserve/api-keys"
 # its serve Service and for the proxy check (HAProxy here) in worker readiness probes.
 HEAD_PORTS = (("gcs-server", 6379), ("dashboard", 8265), ("client", 10001))
 SERVE_PORT_NAME = "serve"
-# Ray's autoscaler default; with autoscaling the spec's downscale delay applies.
-DEFAULT_IDLE_TIMEOUT_SECONDS = 60
+# How long Ray's autoscaler keeps a worker pod no replica uses (its default).
+# The spec's downscale delay is applied by the Serve policy before a replica
+# goes; this is only the pod's grace after that. KubeRay hashes it, so it is
+# fixed: a spec value here would start a new cluster on every edit.
+IDLE_TIMEOUT_SECONDS = 60
 # Logical CPUs a worker pod needs beyond its vLLM bundles: ray.serve.llm adds
 # the replica actor's CPU (which also serves HTTP) to the first bundle.
 REPLICA_ACTOR_CPUS = 1
@@ -133,9 +155,17 @@ def build_serve_config(md: ModelDeployment) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def _template_annotations(md: ModelDeployment) -> dict[str, str]:
-    raw = json.dumps(build_http_options(md), sort_keys=True)
-    return {ANNOTATION_HTTP_OPTIONS: hashlib.sha256(raw.encode()).hexdigest()[:16]}
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _template_annotations(md: ModelDeployment, *, worker: bool) -> dict[str, str]:
+    annotations = {ANNOTATION_HTTP_OPTIONS: _digest(build_http_options(md))}
+    if worker and md.spec.resources.tolerations:
+        # KubeRay 1.6 leaves tolerations out of its change hash (utils/util.go
+        # v1.6.2:651-659); their digest here keeps a toleration edit a rollout.
+        annotations[ANNOTATION_TOLERATIONS] = _digest(md.spec.resources.tolerations)
+    return annotations
 
 
 def _model_claim(md: ModelDeployment) -> Optional[str]:
@@ -145,7 +175,8 @@ def _model_claim(md: ModelDeployment) -> Optional[str]:
 
 def _container(name: str, image: str, md: ModelDeployment, ports: list[dict], resources: dict) -> dict[str, Any]:
     container: dict[str, Any] = {"name": name, "image": image, "ports": ports,
-                                 "env": [{"name": k, "value": v} for k, v in sorted(RAY_SERVE_ENV.items())]}
+                                 "env": [{"name": k, "value": v} for k, v in sorted(RAY_SERVE_ENV.items())],
+                                 "securityContext": copy.deepcopy(CONTAINER_SECURITY)}
     if resources:
         container["resources"] = resources
     secret = md.spec.model.credentials_secret
@@ -192,7 +223,7 @@ def build_head_group(md: ModelDeployment, options: RenderOptions) -> dict[str, A
         "rayStartParams": {"dashboard-host": "0.0.0.0"},
         "template": {
             "metadata": {"labels": naming.build_pod_labels(md.metadata.name),
-                         "annotations": _template_annotations(md)},
+                         "annotations": _template_annotations(md, worker=False)},
             "spec": pod_spec,
         },
     }
@@ -262,6 +293,9 @@ def _add_model_volumes(md: ModelDeployment, worker: dict[str, Any], volumes: lis
     if claim:
         volumes.append({"name": MODEL_VOLUME, "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": MODEL_VOLUME, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True})
+    if md.spec.resources.accelerator != "cpu":
+        volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
+        mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
     if model.scheme in DOWNLOADED_SCHEMES:
         volumes.append({"name": CACHE_VOLUME,
                         "emptyDir": {"sizeLimit": model.cache_size} if model.cache_size else {}})
@@ -304,7 +338,7 @@ def build_worker_group(md: ModelDeployment, options: RenderOptions, placement: P
         "rayStartParams": {},
         "template": {
             "metadata": {"labels": naming.build_pod_labels(md.metadata.name),
-                         "annotations": _template_annotations(md)},
+                         "annotations": _template_annotations(md, worker=True)},
             "spec": pod_spec,
         },
     }
@@ -325,7 +359,6 @@ def _keeps_head_in_serve_service(md: ModelDeployment) -> bool:
 def build_rayservice(md: ModelDeployment, options: RenderOptions) -> dict[str, Any]:
     placement = placement_for(md.spec)
     scaling = md.spec.autoscaling
-    idle = int(scaling.downscale_delay_seconds) if scaling else DEFAULT_IDLE_TIMEOUT_SECONDS
     name = md.metadata.name
     return {
         "apiVersion": RAY_API_VERSION,
@@ -355,7 +388,8 @@ def build_rayservice(md: ModelDeployment, options: RenderOptions) -> dict[str, A
                 # Ray's autoscaler adds worker pods when Serve asks for more
                 # replicas than fit, within the worker group's bounds.
                 "enableInTreeAutoscaling": True,
-                "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": idle},
+                "autoscalerOptions": {"upscalingMode": "Default", "idleTimeoutSeconds": IDLE_TIMEOUT_SECONDS,
+                                      "securityContext": copy.deepcopy(CONTAINER_SECURITY)},
                 "headGroupSpec": build_head_group(md, options),
                 "workerGroupSpecs": [build_worker_group(md, options, placement)],
             },
