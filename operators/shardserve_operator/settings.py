@@ -56,6 +56,8 @@ class OperatorSettings:
     ray_version: str = RenderOptions().ray_version
     head_cpu: str = RenderOptions().head_cpu
     head_memory: str = RenderOptions().head_memory
+    # Node label of each node's GPU product; "" adds no GPU-type affinity.
+    gpu_product_label: str = RenderOptions().gpu_product_label
     health_host: str = "0.0.0.0"
     health_port: int = 8080  # 0 picks a free port
     # API server URL to talk to without credentials (local development and
@@ -80,6 +82,7 @@ class OperatorSettings:
             ray_version=self.ray_version,
             head_cpu=self.head_cpu,
             head_memory=self.head_memory,
+            gpu_product_label=self.gpu_product_label,
         )
 
     @classmethod
@@ -101,6 +104,9 @@ class OperatorSettings:
                            ("LOG_LEVEL", "log_level")):
             if (value := get(name)) is not None:
                 updates[attr] = value
+        # Empty is a value here: it switches the GPU-type node affinity off.
+        if (value := environ.get(ENV_PREFIX + "GPU_PRODUCT_LABEL")) is not None:
+            updates["gpu_product_label"] = value
         if (value := get("HEALTH_PORT")) is not None:
             updates["health_port"] = int(value)
         for name, attr in (("RETRY_BASE_SECONDS", "retry_base_seconds"),

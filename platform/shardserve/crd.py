@@ -151,7 +151,7 @@ LIST_MAP_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
 # Descriptions for fields the spec leaves undescribed (status, written by the operator).
 DESCRIPTIONS: dict[tuple[str, ...], str] = {
     ("status", "observedGeneration"): "The metadata.generation this status describes.",
-    ("status", "conditions"): "Latest observations: SpecValid, ResourcesApplied, ServeReady and Ready.",
+    ("status", "conditions"): "Latest observations: SpecValid, ResourcesApplied, ServeReady, Progressing and Ready.",
     ("status", "conditions", "[]"): "One observation of the ModelDeployment's state.",
     ("status", "conditions", "[]", "status"): "True, False or Unknown.",
     ("status", "conditions", "[]", "message"): "Human-readable details.",

@@ -358,11 +358,11 @@ class ModelDeployment(_Model):
 
 # ---- status (written by the operator; its schema goes into the CRD) ----
 
-ConditionType = Literal["SpecValid", "ResourcesApplied", "ServeReady", "Ready"]
+ConditionType = Literal["SpecValid", "ResourcesApplied", "ServeReady", "Progressing", "Ready"]
 
 
 class Condition(_Model):
-    type: str = Field(description="SpecValid, ResourcesApplied, ServeReady or Ready.")
+    type: str = Field(description="SpecValid, ResourcesApplied, ServeReady, Progressing or Ready.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="CamelCase reason.")
     message: str = ""

@@ -33,6 +33,7 @@ CUSTOM = {
     "logLevel": "DEBUG",
     "healthPort": 9090,
     "rayHead": {"cpu": "2", "memory": "8Gi"},
+    "gpuProductLabel": "",
     "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
     "serviceAccount": {"create": True, "name": "llm-operator", "annotations": {"example.com/role": "ops"}},
     "podAnnotations": {"prometheus.io/scrape": "false"},
@@ -167,6 +168,7 @@ def test_operator_reads_the_settings_the_chart_passes(which, values, request):
     assert settings.health_port == merged["healthPort"] == container["ports"][0]["containerPort"]
     assert settings.log_level == merged["logLevel"]
     assert (settings.head_cpu, settings.head_memory) == (merged["rayHead"]["cpu"], merged["rayHead"]["memory"])
+    assert settings.render_options().gpu_product_label == merged["gpuProductLabel"]
     lease = settings.leader_election
     assert lease.enabled and lease.lease_namespace == "shardserve-system" and lease.identity == "shardserve-abc12"
     assert deployment["spec"]["replicas"] == merged["replicaCount"]

@@ -5,7 +5,7 @@ against the stateful API server of the operator suite through a full life:
 create with an Ingress, a spec change that touches every child, KubeRay's
 RayCluster appearing and the replica count changing (its worker bounds are
 patched), the model moving to a pvc:// claim, a child deleted by hand, the
-Ingress removed, shutdown. Every request it sends is
+Ingress removed, a pause (the RayService deleted), shutdown. Every request it sends is
 turned into an RBAC check (group, resource, verb, namespace, name) and must
 be allowed by the Roles the chart renders for the same settings; every verb
 the chart grants must have been used, or be one the API server checks
@@ -204,6 +204,9 @@ async def run_operator_life(namespaces: tuple[str, ...]) -> tuple[list[Access], 
                                  not in (None, old), 15, "Service recreated")
                 await cluster.patch(md_path, {"spec": {"ingress": None}})
                 await eventually(lambda: cluster.ingress("tiny", ns) is None, 15, "Ingress deleted")
+                # replicas: 0 pauses: the RayService (and with it every Ray pod) goes (review #6).
+                await cluster.patch(md_path, {"spec": {"replicas": 0}})
+                await eventually(lambda: cluster.rayservice("tiny", ns) is None, 15, "RayService deleted")
                 await eventually(lambda: any(a.resource == "leases" and a.verb == "update"
                                              for a in (access_of(*s) for s in emulator.seen) if a),
                                  10, "a Lease renewal")

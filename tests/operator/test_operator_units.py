@@ -38,6 +38,14 @@ def test_namespaces_setting(value, namespaces, clusterwide):
     assert settings.clusterwide is clusterwide
 
 
+@pytest.mark.parametrize("value, label", [
+    (None, "nvidia.com/gpu.product"), ("", ""), ("cloud.example.com/gpu", "cloud.example.com/gpu")])
+def test_gpu_product_label_setting_reaches_the_render(value, label):
+    """The chart's gpuProductLabel; empty switches the GPU-type affinity off (cluster review #14)."""
+    env = {} if value is None else {"SHARDSERVE_GPU_PRODUCT_LABEL": value}
+    assert OperatorSettings.from_env(env).render_options().gpu_product_label == label
+
+
 def test_settings_from_env_and_flags():
     env = {"SHARDSERVE_DEFAULT_IMAGE": "img:1", "SHARDSERVE_HEALTH_PORT": "9000", "POD_NAME": "op-0",
            "POD_NAMESPACE": "shardserve-system", "SHARDSERVE_LEADER_ELECTION": "false",

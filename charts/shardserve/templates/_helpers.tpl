@@ -74,7 +74,7 @@ tests/cluster/test_rbac.py, which runs the operator and compares.
 # Ingress is deleted, when spec.ingress is removed.
 - apiGroups: ["ray.io"]
   resources: ["rayservices"]
-  verbs: ["get", "list", "watch", "create", "update"]
+  verbs: ["get", "list", "watch", "create", "update", "delete"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "update"]
