@@ -7,6 +7,9 @@
   schema lacks.
 - A pvc:// model's claim must exist, and pods on different nodes can only
   share it when it is ReadOnlyMany or ReadWriteMany.
+- The installed ModelDeployment CRD must know every field of this
+  operator's spec: Helm never upgrades a chart's CRDs, and an older CRD
+  prunes new fields from every ModelDeployment without an error.
 """
 
 from __future__ import annotations
@@ -81,6 +84,26 @@ def compute_missing_fields(
         if schema is None or not _keeps(schema, ("spec", *path)):
             missing.append(format_field_path(path))
     return missing
+
+
+def _leaf_paths(schema: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every declared field path under `schema` ('[]' for a list's items)."""
+    paths = []
+    for name, node in (schema.get("properties") or {}).items():
+        path = prefix + (name,)
+        paths.append(path)
+        paths += _leaf_paths(node, path)
+        if isinstance(node.get("items"), Mapping):
+            paths += _leaf_paths(node["items"], path + ("[]",))
+    return paths
+
+
+def compute_stale_crd_fields(installed: Mapping[str, Any], current: Mapping[str, Any], version: str) -> list[str]:
+    """The .spec fields of the `current` CRD that the `installed` one would prune, as 'spec.a.b'."""
+    schema = _schema_of_version(current, version) or {}
+    spec = (schema.get("properties") or {}).get("spec") or {}
+    paths = _leaf_paths(spec)
+    return compute_missing_fields(installed, paths, version)
 
 
 def describe_missing_fields(fields: Sequence[str]) -> str:

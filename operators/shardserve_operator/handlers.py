@@ -26,11 +26,14 @@ from typing import Any, Mapping, Optional
 
 import kopf
 
+from shardserve.crd import CRD_NAME, build_crd
+from shardserve.spec import API_VERSION
+
 from shardserve_operator import naming
-from shardserve_operator.checks import compute_missing_fields, describe_missing_fields
+from shardserve_operator.checks import compute_missing_fields, compute_stale_crd_fields, describe_missing_fields
 from shardserve_operator.kube import CHILD_KINDS, MODEL_DEPLOYMENT, RAYCLUSTER, WATCHED_KINDS, Kind, Kube
 from shardserve_operator.metrics import ManagedState, compute_child_counts
-from shardserve_operator.observe import read_model_deployment, read_rayservice_crd
+from shardserve_operator.observe import read_crd, read_model_deployment, read_rayservice_crd
 from shardserve_operator.reconcile import (
     ReconcileResult,
     cluster_fingerprint_of,
@@ -93,6 +96,26 @@ class Controller:
             log.info("the RayService CRD now has every field the render uses")
         self.kuberay_missing = missing
         return missing
+
+    def check_own_crd(self) -> list[str]:
+        """Logs the spec fields the installed ModelDeployment CRD would prune (review #25). Blocking.
+
+        Helm installs a chart's CRDs but never upgrades them, so after an
+        upgrade the operator may know fields its CRD still lacks.
+        """
+        try:
+            installed = read_crd(self.kube, CRD_NAME)
+        except Exception as err:
+            log.warning("could not read the ModelDeployment CRD (%s)", getattr(err, "status", None) or type(err).__name__)
+            return []
+        if installed is None:
+            return []
+        stale = compute_stale_crd_fields(installed, build_crd(), API_VERSION)
+        if stale:
+            log.error("the installed ModelDeployment CRD is older than this operator and drops %s from every "
+                      "ModelDeployment; apply this release's CRD: kubectl apply --server-side -f manifests/crds/ "
+                      "(helm upgrade does not update CRDs)", ", ".join(stale))
+        return stale
 
     def _lock(self, namespace: str, name: str) -> asyncio.Lock:
         return self._locks.setdefault((namespace, name), asyncio.Lock())

@@ -128,6 +128,7 @@ class Operator:
         self.controller = Controller(self.kube, self.settings)
         # Before any reconcile: an older KubeRay CRD would drop fields the render needs.
         await asyncio.to_thread(self.controller.check_kuberay)
+        await asyncio.to_thread(self.controller.check_own_crd)
         registry = kopf.OperatorRegistry()
         register(registry, self.controller)
         _register_login(registry, self.settings)

@@ -82,6 +82,11 @@ def read_claim(kube: Kube, namespace: str, name: str) -> Optional[dict[str, Any]
     return kube.get(PERSISTENT_VOLUME_CLAIM, namespace, name)
 
 
+def read_crd(kube: Kube, name: str) -> Optional[dict[str, Any]]:
+    """A CustomResourceDefinition; None when it is not installed."""
+    return kube.get(CUSTOM_RESOURCE_DEFINITION, None, name)
+
+
 def read_rayservice_crd(kube: Kube) -> Optional[dict[str, Any]]:
     """KubeRay's RayService CustomResourceDefinition; None when it is not installed."""
     return kube.get(CUSTOM_RESOURCE_DEFINITION, None, RAYSERVICE_CRD_NAME)

@@ -317,3 +317,22 @@ def test_child_watches_are_filtered_by_the_api_server():
 def test_held_back_reconciles_are_counted_by_cause():
     assert compute_error_reason(HeldBackError("x", "KubeRayUnsupported", delay=1)) == "kuberay_unsupported"
     assert compute_error_reason(HeldBackError("x", "ClaimNotFound", delay=1)) == "claim_not_found"
+
+
+# ---------------------------------------------------------------- review #25: Helm never upgrades CRDs
+
+def test_a_stale_modeldeployment_crd_names_the_fields_it_would_prune():
+    from shardserve.crd import build_crd
+    from shardserve.spec import API_VERSION
+
+    from shardserve_operator.checks import compute_stale_crd_fields
+
+    current = build_crd()
+    assert compute_stale_crd_fields(current, current, API_VERSION) == []
+    old = copy.deepcopy(current)
+    spec = old["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    del spec["model"]["properties"]["cacheSize"]
+    del spec["telemetry"]
+    stale = compute_stale_crd_fields(old, current, API_VERSION)
+    assert "spec.model.cacheSize" in stale and "spec.telemetry" in stale
+    assert all(field.startswith(("spec.model.cacheSize", "spec.telemetry")) for field in stale)
