@@ -206,9 +206,11 @@ def test_service_account_is_the_one_bound(custom_render):
 def test_watched_namespaces_get_roles_and_nothing_cluster_wide_but_reads(custom_render):
     kinds = by_kind(custom_render[0])
     (cluster_role,) = kinds["ClusterRole"]
-    # Reads only; the one named read is KubeRay's RayService CRD, checked at start-up (review #7).
+    # Reads only; the named reads are the CRDs checked at start-up: KubeRay's RayService (review #7)
+    # and the operator's own (review #25).
     assert all(set(rule["verbs"]) <= {"list", "watch"} or
-               (rule["verbs"] == ["get"] and rule.get("resourceNames") == ["rayservices.ray.io"])
+               (rule["verbs"] == ["get"]
+                and rule.get("resourceNames") == ["rayservices.ray.io", "modeldeployments.shardserve.dev"])
                for rule in cluster_role["rules"])
     assert {r for rule in cluster_role["rules"] for r in rule["resources"]} == {"customresourcedefinitions", "namespaces"}
     namespaced = {(r["metadata"]["namespace"], r["metadata"]["name"]) for r in kinds["Role"]}
