@@ -34,12 +34,12 @@ def run_stack(spec_file: Path, log_dir: Path, env: dict | None = None, args: tup
 
 @pytest.fixture(scope="module")
 def tiny_stack(tmp_path_factory):
-    """The README's example file itself, served by `shardserve run`."""
+    """The example file itself (manifests/examples/tiny-cpu.yaml), served by `shardserve run`."""
     yield from run_stack(TINY, tmp_path_factory.mktemp("tiny"))
 
 
 # The parallel layouts must return the single worker's greedy tokens. The
-# README's example is that single worker; test_openai_api records its tokens
+# example file is that single worker; test_openai_api records its tokens
 # here while it serves, so test_parallel need not start it again.
 PARALLEL_PROMPTS = ["The river", "Once upon a time", "Hello world, this is", "12345"]
 single_worker_tokens: list[list[int]] = []
