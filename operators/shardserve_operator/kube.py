@@ -13,8 +13,9 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException

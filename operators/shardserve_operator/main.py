@@ -16,12 +16,12 @@ import signal
 import socket
 import sys
 import threading
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import kopf
 
 from shardserve.spec import API_GROUP
-
 from shardserve_operator import naming
 from shardserve_operator.handlers import Controller, register
 from shardserve_operator.health import Health, HealthServer, Phase
@@ -173,7 +173,7 @@ class Operator:
         if operator not in done:
             try:
                 await asyncio.wait_for(operator, STOP_TIMEOUT_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("kopf did not stop within %.0fs", STOP_TIMEOUT_SECONDS)
         return code
 

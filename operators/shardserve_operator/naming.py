@@ -7,7 +7,8 @@ RayCluster upgrades so that selectors keep matching the new cluster's pods.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 from shardserve.spec import API_GROUP, API_VERSION, KIND
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from shardserve.kuberay import find_cluster_names
-
 from shardserve_operator import naming
 from shardserve_operator.checks import RAYSERVICE_CRD_NAME
 from shardserve_operator.kube import (

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Optional
 
 from shardserve_operator.render.options import RenderOptions
 
@@ -86,7 +87,7 @@ class OperatorSettings:
         )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "OperatorSettings":
+    def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
         """Settings from SHARDSERVE_* variables (POD_NAME/POD_NAMESPACE from the downward API)."""
 
         def get(name: str) -> Optional[str]:

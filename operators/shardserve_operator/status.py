@@ -61,15 +61,15 @@ when its status flips, so rewriting a reason or message does not reset it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping, Optional, Sequence
+from datetime import UTC, datetime
+from typing import Any, Optional
 
 from shardserve.builder import LLM_DEPLOYMENT
 from shardserve.kuberay import compute_rollout_done, find_cluster_names, read_worker_counts
 from shardserve.placement import placement_for
 from shardserve.spec import ModelDeployment, ModelDeploymentStatus
-
 from shardserve_operator import naming
 
 SPEC_VALID = "SpecValid"
@@ -147,7 +147,7 @@ class EventRecord:
 
 
 def format_time(now: datetime) -> str:
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def find_condition(conditions: Optional[Sequence[Mapping[str, Any]]], type_: str) -> Optional[Mapping[str, Any]]:
@@ -192,9 +192,11 @@ def compute_serve_readiness(rayservice: Optional[Mapping[str, Any]], app_name: s
     app_state = (app or {}).get("status")
     app_message = (app or {}).get("message") or ""
     if app_state == "DEPLOY_FAILED":
-        return ConditionState(SERVE_READY, "False", APPLICATION_DEPLOY_FAILED, app_message or "Serve could not deploy the application")
+        return ConditionState(SERVE_READY, "False", APPLICATION_DEPLOY_FAILED,
+                              app_message or "Serve could not deploy the application")
     if app_state == "UNHEALTHY":
-        return ConditionState(SERVE_READY, "False", APPLICATION_UNHEALTHY, app_message or "Serve reports the application unhealthy")
+        return ConditionState(SERVE_READY, "False", APPLICATION_UNHEALTHY,
+                              app_message or "Serve reports the application unhealthy")
     ready = find_condition(status.get("conditions"), "Ready")
     is_ready = ready.get("status") == "True" if ready else status.get("serviceStatus") == "Running"
     endpoints = status.get("numServeEndpoints", 0)

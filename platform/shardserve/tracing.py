@@ -21,8 +21,9 @@ and handed to every Ray process as environment variables.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from shardserve.spec import TelemetrySpec
 

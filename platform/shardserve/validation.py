@@ -90,7 +90,8 @@ def check_servable_here(md: ModelDeployment) -> list[str]:
 def parse_deployment(data: Any, source: str = "") -> ModelDeployment:
     """Validates a parsed document; raises SpecError listing every problem."""
     if not isinstance(data, dict):
-        raise SpecError([f"(document): must be a mapping with apiVersion, kind, metadata, spec; got {type(data).__name__}"], source)
+        raise SpecError([f"(document): must be a mapping with apiVersion, kind, metadata, spec; "
+                         f"got {type(data).__name__}"], source)
     try:
         md = ModelDeployment.model_validate(data)
     except ValidationError as err:

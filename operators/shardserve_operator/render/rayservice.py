@@ -29,7 +29,6 @@ from shardserve.gpu_products import build_gpu_affinity
 from shardserve.placement import Placement, placement_for
 from shardserve.spec import ModelDeployment
 from shardserve.tracing import build_tracing_env, compute_tracing_settings
-
 from shardserve_operator import naming
 from shardserve_operator.render.options import RenderOptions
 
@@ -358,7 +357,6 @@ def _keeps_head_in_serve_service(md: ModelDeployment) -> bool:
 
 def build_rayservice(md: ModelDeployment, options: RenderOptions) -> dict[str, Any]:
     placement = placement_for(md.spec)
-    scaling = md.spec.autoscaling
     name = md.metadata.name
     return {
         "apiVersion": RAY_API_VERSION,
