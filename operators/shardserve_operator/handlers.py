@@ -254,7 +254,7 @@ def find_model_deployment(kind: Kind, child: Mapping[str, Any]) -> Optional[str]
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
-    md = dict(group=MODEL_DEPLOYMENT.group, version=MODEL_DEPLOYMENT.version, plural=MODEL_DEPLOYMENT.plural)
+    md: dict[str, Any] = dict(group=MODEL_DEPLOYMENT.group, version=MODEL_DEPLOYMENT.version, plural=MODEL_DEPLOYMENT.plural)
 
     @kopf.on.resume(**md, registry=registry, id="reconcile")
     @kopf.on.create(**md, registry=registry, id="reconcile")

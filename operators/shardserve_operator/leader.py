@@ -79,7 +79,7 @@ class LeaseElector:
         claim = compute_lease_claim((lease or {}).get("spec"), cfg.identity, now, cfg.lease_duration_seconds)
         if claim is None:
             return False
-        body = {"apiVersion": LEASE.api_version, "kind": LEASE.kind,
+        body: dict[str, Any] = {"apiVersion": LEASE.api_version, "kind": LEASE.kind,
                 "metadata": {"name": cfg.lease_name, "namespace": cfg.lease_namespace}, "spec": claim}
         try:
             if lease is None:

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
 import kopf
 
@@ -58,7 +58,7 @@ def build_kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
 
 def _register_login(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     @kopf.on.login(registry=registry)
-    def login(**kwargs: object) -> Optional[kopf.ConnectionInfo]:
+    def login(**kwargs: Any) -> Optional[kopf.ConnectionInfo]:
         if settings.api_server:
             return kopf.ConnectionInfo(server=settings.api_server.rstrip("/"))
         return kopf.login_via_client(**kwargs)  # in-cluster, then kubeconfig

@@ -93,7 +93,7 @@ def compute_retry_delay(
     attempt: int, *, base: float, cap: float, retry_after: Optional[float] = None, jitter: float = 0.0
 ) -> float:
     """Exponential backoff (base * 2**attempt, capped, stretched by up to `jitter`); never shorter than Retry-After."""
-    delay = min(cap, base * (2 ** max(0, attempt))) * (1.0 + max(0.0, jitter))
+    delay: float = min(cap, base * (2 ** max(0, attempt))) * (1.0 + max(0.0, jitter))
     return max(delay, retry_after or 0.0)
 
 
@@ -156,7 +156,7 @@ def _document(body: Mapping[str, Any]) -> dict[str, Any]:
     return {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
 
 
-def _write_status(kube: Kube, body: Mapping[str, Any], previous: dict, status: dict, now: datetime,
+def _write_status(kube: Kube, body: Mapping[str, Any], previous: dict[str, Any], status: dict[str, Any], now: datetime,
                   notices: tuple[Notice, ...] = ()) -> bool:
     meta = body["metadata"]
     if not apply_status(kube, meta["namespace"], meta["name"], previous, status):

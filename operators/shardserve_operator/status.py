@@ -175,7 +175,7 @@ def build_condition(
 
 
 def _app_status(rayservice: Optional[Mapping[str, Any]], app_name: str,
-                which: str = "activeServiceStatus") -> tuple[dict, Optional[dict]]:
+                which: str = "activeServiceStatus") -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     status = (rayservice or {}).get("status") or {}
     apps = ((status.get(which) or {}).get("applicationStatuses")) or {}
     return apps, apps.get(app_name)
@@ -232,7 +232,7 @@ def compute_progress(md: ModelDeployment, rayservice: Optional[Mapping[str, Any]
                               f"is the KubeRay operator running?)")
     if pending or not compute_rollout_done(rayservice):
         message = f"KubeRay is starting RayCluster {pending or '(pending)'}" + (" for the new spec" if active else "")
-        counts = read_worker_counts(clusters[pending]) if clusters and pending in clusters else None
+        counts = read_worker_counts(clusters[pending]) if clusters and pending and pending in clusters else None
         if counts is not None:
             message += f" ({counts.ready} of {counts.desired} worker pod(s) ready)"
         _, new_app = _app_status(rayservice, md.metadata.name, "pendingServiceStatus")
@@ -358,7 +358,9 @@ def compute_status(
         progress = compute_progress(md, rayservice, clusters)
     states = {s.type: s for s in (spec_valid, resources, serve, progress)}
     port = md.spec.serving.port if md is not None else None
-    states[READY] = _ready_state(states, generation, naming.build_endpoint(name, namespace, port))
+    # Ready=True (the one message with the endpoint) needs a valid spec, so port is set whenever it shows.
+    endpoint = naming.build_endpoint(name, namespace, port) if port is not None else ""
+    states[READY] = _ready_state(states, generation, endpoint)
     old = previous.get("conditions")
     conditions = [build_condition(states[t], find_condition(old, t), generation, now) for t in CONDITION_TYPES]
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import yaml
+from pydantic import BaseModel
 
 from shardserve.kuberay import RESERVED_PORTS, PortRange
 from shardserve.spec import (
@@ -202,7 +203,7 @@ def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     """Inlines a $ref, keeping keywords set beside it (a field's own description wins)."""
     if "$ref" not in node:
         return node
-    target = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[1]])
+    target: dict[str, Any] = copy.deepcopy(defs[node["$ref"].rsplit("/", 1)[1]])
     target.update({k: v for k, v in node.items() if k != "$ref"})
     return target
 
@@ -277,7 +278,7 @@ def _ordered(node: dict[str, Any]) -> dict[str, Any]:
     return {key: node[key] for key in sorted(node, key=_ORDER.index)}
 
 
-def _schema_of(model: type, path: tuple[str, ...]) -> dict[str, Any]:
+def _schema_of(model: type[BaseModel], path: tuple[str, ...]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return build_structural(raw, raw.get("$defs", {}), path)
 

@@ -121,7 +121,7 @@ def build_tracing_env(settings: Optional[TracingSettings]) -> dict[str, str]:
     }
 
 
-def otlp_span_processors() -> list:
+def otlp_span_processors() -> list[Any]:
     """Ray Serve's tracing exporter hook: a batching OTLP exporter configured by
     the OTEL_EXPORTER_OTLP_* variables (endpoint, protocol, headers, timeout)."""
     from opentelemetry.sdk.trace.export import BatchSpanProcessor

@@ -172,7 +172,8 @@ def _model_claim(md: ModelDeployment) -> Optional[str]:
     return model.location.strip("/").split("/")[0] if model.scheme == "pvc" else None
 
 
-def _container(name: str, image: str, md: ModelDeployment, ports: list[dict], resources: dict) -> dict[str, Any]:
+def _container(name: str, image: str, md: ModelDeployment, ports: list[dict[str, Any]],
+               resources: dict[str, Any]) -> dict[str, Any]:
     container: dict[str, Any] = {"name": name, "image": image, "ports": ports,
                                  "env": [{"name": k, "value": v} for k, v in sorted(RAY_SERVE_ENV.items())],
                                  "securityContext": copy.deepcopy(CONTAINER_SECURITY)}

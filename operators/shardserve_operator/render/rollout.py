@@ -159,8 +159,8 @@ def _total(old: ModelDeployment, new: ModelDeployment, changes: tuple[Change, ..
     return max((c.cost for c in changes), key=lambda c: c.rank, default=Cost.NONE)
 
 
-def _compare(old: ModelDeployment, new: ModelDeployment, old_objects: Mapping[str, dict],
-             new_objects: Mapping[str, dict], version: tuple[int, int, int]) -> Iterator[Change]:
+def _compare(old: ModelDeployment, new: ModelDeployment, old_objects: Mapping[str, dict[str, Any]],
+             new_objects: Mapping[str, dict[str, Any]], version: tuple[int, int, int]) -> Iterator[Change]:
     for kind in ("Service", "Ingress"):
         for path in diff_paths(old_objects.get(kind), new_objects.get(kind)):
             yield Change(f"{kind} {path.lstrip('.')}".rstrip(), Cost.IN_PLACE,
