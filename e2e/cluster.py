@@ -14,9 +14,10 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Optional
 
 import yaml
 
@@ -53,7 +54,7 @@ class Config:
     kuberay_namespace: str = ""  # where the KubeRay operator runs; found in the cluster when empty
 
     @classmethod
-    def from_env(cls) -> Optional["Config"]:
+    def from_env(cls) -> Optional[Config]:
         context = os.environ.get(CONTEXT_VAR, "").strip()
         if not context:
             return None

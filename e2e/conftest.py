@@ -92,7 +92,9 @@ def release(cluster, config, tmp_path_factory):
     gone = [("clusterrole", fullname, None), ("clusterrolebinding", fullname, None),
             ("deployment", fullname, config.release_namespace), ("serviceaccount", fullname, config.release_namespace)]
     for kind, name, namespace in gone:
-        wait_for(lambda: cluster.get(kind, name, namespace) is None, 120, f"{kind} {name} removed by helm uninstall")
+        # wait_for calls the lambda within this iteration only.
+        wait_for(lambda: cluster.get(kind, name, namespace) is None, 120,  # noqa: B023
+                 f"{kind} {name} removed by helm uninstall")
     # The leader Lease is the operator's own, not Helm's: it goes with the namespace.
     cluster.kubectl("delete", "namespace", config.release_namespace, "--wait=true", "--timeout=5m", check=False)
     if not crd_existed:

@@ -7,7 +7,15 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
-from shardserve.api_keys import KEYS_ENV, KEYS_FILE_ENV, KeyStore, bearer_token, key_matches, keys_configured, parse_keys
+from shardserve.api_keys import (
+    KEYS_ENV,
+    KEYS_FILE_ENV,
+    KeyStore,
+    bearer_token,
+    key_matches,
+    keys_configured,
+    parse_keys,
+)
 
 
 class Clock:

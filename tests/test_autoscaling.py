@@ -3,8 +3,6 @@ scale to zero and back."""
 
 from dataclasses import replace
 
-import pytest
-
 from shardserve.autoscaling import (
     QueueDepthPolicy,
     ScalingBounds,
@@ -109,7 +107,8 @@ def test_reasons_name_the_inputs():
 def test_decision_kind_ignores_the_numbers():
     from shardserve.autoscaling import decision_kind
 
-    assert decision_kind("queue 3.2/replica > target 2 for 1s of 2s") == decision_kind("queue 5.0/replica > target 2 for 0s of 2s")
+    assert decision_kind("queue 3.2/replica > target 2 for 1s of 2s") == \
+        decision_kind("queue 5.0/replica > target 2 for 0s of 2s")
     assert decision_kind("scale up 1->2: queue") != decision_kind("steady: queue 0.0/replica, 0 running")
 
 

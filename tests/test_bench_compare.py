@@ -56,7 +56,8 @@ def test_ratios_pair_servers_within_each_round():
     rounds = [
         {BARE: {1: level(600, 10, 1.6), 16: level(1000, 40, 15)}, SHARDSERVE: {1: level(540, 20, 1.8), 16: level(900, 50, 16)}},
         {BARE: {1: level(500, 12, 2.0), 16: level(1100, 42, 14)}, SHARDSERVE: {1: level(500, 14, 2.0), 16: level(1045, 45, 14)}},
-        {BARE: {1: level(550, 11, 1.8), 16: level(1000, 41, 15)}, SHARDSERVE: {1: level(440, 31, 2.2), 16: level(1000, 41, 15, failed=2)}},
+        {BARE: {1: level(550, 11, 1.8), 16: level(1000, 41, 15)},
+         SHARDSERVE: {1: level(440, 31, 2.2), 16: level(1000, 41, 15, failed=2)}},
     ]
     summary = compute_comparison(rounds, [1, 16])
     one = summary[1]

@@ -27,7 +27,7 @@ from shardserve.bench.workload import (
 
 def gaps(rate, burstiness, n=20000, seed=3):
     offsets = list(itertools.islice(iter_arrival_offsets(rate, burstiness, random.Random(seed)), n + 1))
-    return [b - a for a, b in zip(offsets, offsets[1:])]
+    return [b - a for a, b in itertools.pairwise(offsets)]
 
 
 def test_poisson_arrivals_have_the_rate_and_exponential_gaps():
@@ -154,7 +154,7 @@ def test_request_rate_spaces_the_starts(monkeypatch):
     load = run_with(fake, monkeypatch, LoadConfig(concurrency=None, request_rate=50.0, burstiness=1e9,
                                                   num_requests=15, seed=4))
     starts = fake.starts
-    spacing = [b - a for a, b in zip(starts, starts[1:])]
+    spacing = [b - a for a, b in itertools.pairwise(starts)]
     assert statistics.fmean(spacing) == pytest.approx(0.02, rel=0.25)  # even gaps at 50/s
     assert len(load.results) == 15
 

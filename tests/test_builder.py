@@ -98,6 +98,7 @@ def test_model_sources(source, resolved):
     assert resolve_model_source(md.spec.model, builtin_dir="/built/here") == resolved
 
 
-@pytest.mark.parametrize("quantity, value", [("512Mi", 512 * 2**20), ("2", 2), ("500m", 0.5), ("1.5Gi", 1.5 * 2**30), ("4k", 4000)])
+@pytest.mark.parametrize("quantity, value",
+                         [("512Mi", 512 * 2**20), ("2", 2), ("500m", 0.5), ("1.5Gi", 1.5 * 2**30), ("4k", 4000)])
 def test_parse_quantity(quantity, value):
     assert parse_quantity(quantity) == value

@@ -25,14 +25,17 @@ def test_wrapped_engine_message_is_cleaned():
         "ray.llm._internal.serve.core.configs.openai_api_models.OpenAIHTTPException (Request ID: 0fba), original exception: "
     )
     message, param = clean_engine_message(raw)
-    assert message == "max_tokens=800 cannot be greater than max_model_len=max_total_tokens=256. Please request fewer output tokens."
+    assert message == ("max_tokens=800 cannot be greater than max_model_len=max_total_tokens=256. "
+                       "Please request fewer output tokens.")
     assert param == "max_tokens"
 
 
 def test_validation_errors_name_the_field_once():
     errors = [
-        {"type": "string_type", "loc": ("body", "messages", 0, "ChatCompletionUserMessageParam", "content", "str"), "msg": "Input should be a valid string"},
-        {"type": "list_type", "loc": ("body", "messages", 0, "ChatCompletionUserMessageParam", "content", "list[...]"), "msg": "Input should be a valid list"},
+        {"type": "string_type", "loc": ("body", "messages", 0, "ChatCompletionUserMessageParam", "content", "str"),
+         "msg": "Input should be a valid string"},
+        {"type": "list_type", "loc": ("body", "messages", 0, "ChatCompletionUserMessageParam", "content", "list[...]"),
+         "msg": "Input should be a valid list"},
         {"type": "int_parsing", "loc": ("body", "max_tokens"), "msg": "Input should be a valid integer"},
     ]
     message, param = describe_validation_errors(errors)

@@ -22,13 +22,13 @@ import asyncio
 import copy
 import logging
 import time
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Optional
 
 import kopf
 
 from shardserve.crd import CRD_NAME, build_crd
 from shardserve.spec import API_VERSION
-
 from shardserve_operator import naming
 from shardserve_operator.checks import compute_missing_fields, compute_stale_crd_fields, describe_missing_fields
 from shardserve_operator.kube import CHILD_KINDS, MODEL_DEPLOYMENT, RAYCLUSTER, WATCHED_KINDS, Kind, Kube
@@ -254,7 +254,7 @@ def find_model_deployment(kind: Kind, child: Mapping[str, Any]) -> Optional[str]
 
 
 def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
-    md = dict(group=MODEL_DEPLOYMENT.group, version=MODEL_DEPLOYMENT.version, plural=MODEL_DEPLOYMENT.plural)
+    md: dict[str, Any] = dict(group=MODEL_DEPLOYMENT.group, version=MODEL_DEPLOYMENT.version, plural=MODEL_DEPLOYMENT.plural)
 
     @kopf.on.resume(**md, registry=registry, id="reconcile")
     @kopf.on.create(**md, registry=registry, id="reconcile")

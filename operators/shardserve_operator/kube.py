@@ -13,8 +13,9 @@ import json
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -169,7 +170,8 @@ class Kube:
             raise
         self.metrics.observe_api_request(verb, resource, str(response.status), time.monotonic() - started)
         if not 200 <= response.status <= 299:
-            raise ApiException.from_response(http_resp=response, body=response.data.decode("utf-8", "replace"), data=None)
+            raise ApiException.from_response(http_resp=response, body=(response.data or b"").decode("utf-8", "replace"),
+                                             data=None)
         return json.loads(response.data) if response.data else {}
 
     def get(self, kind: Kind, namespace: Optional[str], name: str) -> Optional[dict[str, Any]]:

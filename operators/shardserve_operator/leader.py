@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any, Optional
 
 from kubernetes.client.exceptions import ApiException
 
@@ -27,7 +28,7 @@ _MICROTIME = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
 def format_microtime(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime(_MICROTIME)
+    return moment.astimezone(UTC).strftime(_MICROTIME)
 
 
 def parse_microtime(value: Optional[str]) -> Optional[datetime]:
@@ -35,7 +36,7 @@ def parse_microtime(value: Optional[str]) -> Optional[datetime]:
         return None
     for fmt in (_MICROTIME, "%Y-%m-%dT%H:%M:%SZ"):
         try:
-            return datetime.strptime(value, fmt).replace(tzinfo=timezone.utc)
+            return datetime.strptime(value, fmt).replace(tzinfo=UTC)
         except ValueError:
             continue
     return None
@@ -73,12 +74,12 @@ class LeaseElector:
     def _try(self) -> bool:
         """One acquire-or-renew attempt (blocking)."""
         cfg = self.config
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         lease = self.kube.get(LEASE, cfg.lease_namespace, cfg.lease_name)
         claim = compute_lease_claim((lease or {}).get("spec"), cfg.identity, now, cfg.lease_duration_seconds)
         if claim is None:
             return False
-        body = {"apiVersion": LEASE.api_version, "kind": LEASE.kind,
+        body: dict[str, Any] = {"apiVersion": LEASE.api_version, "kind": LEASE.kind,
                 "metadata": {"name": cfg.lease_name, "namespace": cfg.lease_namespace}, "spec": claim}
         try:
             if lease is None:
@@ -113,7 +114,7 @@ class LeaseElector:
                 announced = True
             try:
                 await asyncio.wait_for(stop.wait(), self.config.retry_period_seconds)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         return False
 
@@ -142,7 +143,7 @@ class LeaseElector:
             if not lease or (lease.get("spec") or {}).get("holderIdentity") != cfg.identity:
                 return
             lease["spec"].update({"holderIdentity": None, "leaseDurationSeconds": 1,
-                                  "renewTime": format_microtime(datetime.now(timezone.utc))})
+                                  "renewTime": format_microtime(datetime.now(UTC))})
             lease["metadata"].pop("managedFields", None)
             self.kube.request("PUT", LEASE.path(cfg.lease_namespace, cfg.lease_name), lease)
 

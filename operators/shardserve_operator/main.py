@@ -16,12 +16,12 @@ import signal
 import socket
 import sys
 import threading
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import kopf
 
 from shardserve.spec import API_GROUP
-
 from shardserve_operator import naming
 from shardserve_operator.handlers import Controller, register
 from shardserve_operator.health import Health, HealthServer, Phase
@@ -58,7 +58,7 @@ def build_kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
 
 def _register_login(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
     @kopf.on.login(registry=registry)
-    def login(**kwargs: object) -> Optional[kopf.ConnectionInfo]:
+    def login(**kwargs: Any) -> Optional[kopf.ConnectionInfo]:
         if settings.api_server:
             return kopf.ConnectionInfo(server=settings.api_server.rstrip("/"))
         return kopf.login_via_client(**kwargs)  # in-cluster, then kubeconfig
@@ -173,7 +173,7 @@ class Operator:
         if operator not in done:
             try:
                 await asyncio.wait_for(operator, STOP_TIMEOUT_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("kopf did not stop within %.0fs", STOP_TIMEOUT_SECONDS)
         return code
 

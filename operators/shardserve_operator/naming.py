@@ -7,7 +7,8 @@ RayCluster upgrades so that selectors keep matching the new cluster's pods.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any, Optional
 
 from shardserve.spec import API_GROUP, API_VERSION, KIND
 
@@ -105,7 +106,8 @@ def build_endpoint(md_name: str, namespace: Optional[str], port: int) -> str:
 
 def find_controller(obj: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
     """The controller owner reference of an object, if any."""
-    for ref in obj.get("metadata", {}).get("ownerReferences") or ():
+    refs: Iterable[Mapping[str, Any]] = obj.get("metadata", {}).get("ownerReferences") or ()
+    for ref in refs:
         if ref.get("controller"):
             return ref
     return None
@@ -121,4 +123,4 @@ def find_owner_name(obj: Mapping[str, Any]) -> Optional[str]:
 
 def is_controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
     ref = find_controller(obj)
-    return bool(ref) and ref.get("uid") == uid
+    return ref is not None and ref.get("uid") == uid

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from shardserve.kuberay import find_cluster_names
-
 from shardserve_operator import naming
 from shardserve_operator.checks import RAYSERVICE_CRD_NAME
 from shardserve_operator.kube import (
@@ -49,7 +49,7 @@ def is_cluster_of(cluster: Mapping[str, Any], rayservice: Mapping[str, Any], md_
     """A RayCluster KubeRay made for this RayService, carrying this ModelDeployment's label."""
     uid = (rayservice.get("metadata") or {}).get("uid")
     labels = (cluster.get("metadata") or {}).get("labels") or {}
-    return bool(uid) and naming.is_controlled_by(cluster, uid) and labels.get(naming.LABEL_MODEL_DEPLOYMENT) == md_name
+    return bool(uid) and naming.is_controlled_by(cluster, str(uid)) and labels.get(naming.LABEL_MODEL_DEPLOYMENT) == md_name
 
 
 def observe_clusters(kube: Kube, namespace: str, md_name: str,

@@ -15,10 +15,11 @@ import hashlib
 import json
 import logging
 import random
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping, Optional
+from datetime import UTC, datetime
+from typing import Any, Optional
 
 import kopf
 import urllib3.exceptions
@@ -26,14 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from shardserve.kuberay import read_worker_counts
 from shardserve.validation import SpecError, parse_deployment
-
-from shardserve_operator.apply import (
-    ApplyReport,
-    KubeRayUnsupportedError,
-    apply_children,
-    apply_events,
-    apply_status,
-)
+from shardserve_operator.apply import ApplyReport, KubeRayUnsupportedError, apply_children, apply_events, apply_status
 from shardserve_operator.checks import compute_claim_problem, describe_missing_fields, find_claim_names
 from shardserve_operator.kube import RAYSERVICE, Kind, Kube, kind_of, retry_after_seconds
 from shardserve_operator.naming import is_controlled_by
@@ -99,7 +93,7 @@ def compute_retry_delay(
     attempt: int, *, base: float, cap: float, retry_after: Optional[float] = None, jitter: float = 0.0
 ) -> float:
     """Exponential backoff (base * 2**attempt, capped, stretched by up to `jitter`); never shorter than Retry-After."""
-    delay = min(cap, base * (2 ** max(0, attempt))) * (1.0 + max(0.0, jitter))
+    delay: float = min(cap, base * (2 ** max(0, attempt))) * (1.0 + max(0.0, jitter))
     return max(delay, retry_after or 0.0)
 
 
@@ -162,7 +156,7 @@ def _document(body: Mapping[str, Any]) -> dict[str, Any]:
     return {key: body[key] for key in ("apiVersion", "kind", "metadata", "spec") if key in body}
 
 
-def _write_status(kube: Kube, body: Mapping[str, Any], previous: dict, status: dict, now: datetime,
+def _write_status(kube: Kube, body: Mapping[str, Any], previous: dict[str, Any], status: dict[str, Any], now: datetime,
                   notices: tuple[Notice, ...] = ()) -> bool:
     meta = body["metadata"]
     if not apply_status(kube, meta["namespace"], meta["name"], previous, status):
@@ -185,7 +179,7 @@ def reconcile(
     `kuberay_missing` are RayService fields the installed CRD lacks (seen at
     start-up): while there are any, no child is written.
     """
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     meta = body["metadata"]
     namespace, name, uid, generation = meta["namespace"], meta["name"], meta.get("uid"), meta.get("generation")
     if not uid:

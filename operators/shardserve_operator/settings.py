@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Optional
+from typing import Any, Optional
 
 from shardserve_operator.render.options import RenderOptions
 
@@ -86,7 +87,7 @@ class OperatorSettings:
         )
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> "OperatorSettings":
+    def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
         """Settings from SHARDSERVE_* variables (POD_NAME/POD_NAMESPACE from the downward API)."""
 
         def get(name: str) -> Optional[str]:
@@ -95,7 +96,7 @@ class OperatorSettings:
 
         base = cls()
         lease = base.leader_election
-        updates: dict = {}
+        updates: dict[str, Any] = {}
         if (value := environ.get(ENV_PREFIX + "NAMESPACES")) is not None:
             updates["namespaces"] = _split_namespaces(value)
         for name, attr in (("DEFAULT_IMAGE", "default_image"), ("RAY_VERSION", "ray_version"),
@@ -114,7 +115,7 @@ class OperatorSettings:
                            ("CONFLICT_RETRY_SECONDS", "conflict_retry_seconds")):
             if (value := get(name)) is not None:
                 updates[attr] = float(value)
-        lease_updates: dict = {
+        lease_updates: dict[str, Any] = {
             "lease_namespace": get("LEASE_NAMESPACE") or environ.get("POD_NAMESPACE") or lease.lease_namespace,
             "identity": get("LEADER_IDENTITY") or environ.get("POD_NAME") or lease.identity,
         }
@@ -146,7 +147,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> OperatorSettings:
     settings = OperatorSettings.from_env(environ)
-    updates: dict = {}
+    updates: dict[str, Any] = {}
     if getattr(args, "all_namespaces", False):
         updates["namespaces"] = ()
     elif getattr(args, "namespaces", None):

@@ -61,15 +61,15 @@ when its status flips, so rewriting a reason or message does not reset it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping, Optional, Sequence
+from datetime import UTC, datetime
+from typing import Any, Optional
 
 from shardserve.builder import LLM_DEPLOYMENT
 from shardserve.kuberay import compute_rollout_done, find_cluster_names, read_worker_counts
 from shardserve.placement import placement_for
 from shardserve.spec import ModelDeployment, ModelDeploymentStatus
-
 from shardserve_operator import naming
 
 SPEC_VALID = "SpecValid"
@@ -147,7 +147,7 @@ class EventRecord:
 
 
 def format_time(now: datetime) -> str:
-    return now.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def find_condition(conditions: Optional[Sequence[Mapping[str, Any]]], type_: str) -> Optional[Mapping[str, Any]]:
@@ -175,7 +175,7 @@ def build_condition(
 
 
 def _app_status(rayservice: Optional[Mapping[str, Any]], app_name: str,
-                which: str = "activeServiceStatus") -> tuple[dict, Optional[dict]]:
+                which: str = "activeServiceStatus") -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     status = (rayservice or {}).get("status") or {}
     apps = ((status.get(which) or {}).get("applicationStatuses")) or {}
     return apps, apps.get(app_name)
@@ -192,9 +192,11 @@ def compute_serve_readiness(rayservice: Optional[Mapping[str, Any]], app_name: s
     app_state = (app or {}).get("status")
     app_message = (app or {}).get("message") or ""
     if app_state == "DEPLOY_FAILED":
-        return ConditionState(SERVE_READY, "False", APPLICATION_DEPLOY_FAILED, app_message or "Serve could not deploy the application")
+        return ConditionState(SERVE_READY, "False", APPLICATION_DEPLOY_FAILED,
+                              app_message or "Serve could not deploy the application")
     if app_state == "UNHEALTHY":
-        return ConditionState(SERVE_READY, "False", APPLICATION_UNHEALTHY, app_message or "Serve reports the application unhealthy")
+        return ConditionState(SERVE_READY, "False", APPLICATION_UNHEALTHY,
+                              app_message or "Serve reports the application unhealthy")
     ready = find_condition(status.get("conditions"), "Ready")
     is_ready = ready.get("status") == "True" if ready else status.get("serviceStatus") == "Running"
     endpoints = status.get("numServeEndpoints", 0)
@@ -230,7 +232,7 @@ def compute_progress(md: ModelDeployment, rayservice: Optional[Mapping[str, Any]
                               f"is the KubeRay operator running?)")
     if pending or not compute_rollout_done(rayservice):
         message = f"KubeRay is starting RayCluster {pending or '(pending)'}" + (" for the new spec" if active else "")
-        counts = read_worker_counts(clusters[pending]) if clusters and pending in clusters else None
+        counts = read_worker_counts(clusters[pending]) if clusters and pending and pending in clusters else None
         if counts is not None:
             message += f" ({counts.ready} of {counts.desired} worker pod(s) ready)"
         _, new_app = _app_status(rayservice, md.metadata.name, "pendingServiceStatus")
@@ -356,7 +358,9 @@ def compute_status(
         progress = compute_progress(md, rayservice, clusters)
     states = {s.type: s for s in (spec_valid, resources, serve, progress)}
     port = md.spec.serving.port if md is not None else None
-    states[READY] = _ready_state(states, generation, naming.build_endpoint(name, namespace, port))
+    # Ready=True (the one message with the endpoint) needs a valid spec, so port is set whenever it shows.
+    endpoint = naming.build_endpoint(name, namespace, port) if port is not None else ""
+    states[READY] = _ready_state(states, generation, endpoint)
     old = previous.get("conditions")
     conditions = [build_condition(states[t], find_condition(old, t), generation, now) for t in CONDITION_TYPES]
 

@@ -21,8 +21,9 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def key_matches(token: Optional[str], keys: Iterable[str]) -> bool:
     return found
 
 
-def keys_configured(environ: Optional[dict] = None) -> bool:
+def keys_configured(environ: Optional[Mapping[str, str]] = None) -> bool:
     env = os.environ if environ is None else environ
     return bool(env.get(KEYS_ENV) or env.get(KEYS_FILE_ENV))
 
@@ -71,7 +72,7 @@ def _key_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _signature(path: Path) -> tuple:
+def _signature(path: Path) -> tuple[tuple[str, int, int], ...]:
     files = _key_files(path)
     return tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
 
@@ -88,7 +89,7 @@ def _read_keys(path: Path) -> tuple[str, ...]:
 class KeyStore:
     """The current keys; `keys()` is cheap (a stat at most once a second)."""
 
-    def __init__(self, environ: Optional[dict] = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, environ: Optional[Mapping[str, str]] = None, clock: Callable[[], float] = time.monotonic):
         env = dict(os.environ if environ is None else environ)
         self._inline = parse_keys(env.get(KEYS_ENV, ""), separator=",")
         file = env.get(KEYS_FILE_ENV)
@@ -96,7 +97,7 @@ class KeyStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._from_file: tuple[str, ...] = ()
-        self._signature: Optional[tuple] = None
+        self._signature: Optional[tuple[tuple[str, int, int], ...]] = None
         self._checked_at = float("-inf")
         if self._path is not None:
             self._refresh(force=True)

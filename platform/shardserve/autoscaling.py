@@ -168,9 +168,9 @@ class QueueDepthPolicy:
                 "running": Gauge("shardserve_queue_running_requests", "Requests the engines are running.", tag_keys=tags),
                 "running_replicas": Gauge("shardserve_replicas_running", "Model replicas serving.", tag_keys=tags),
             }
-        tags = {"application": ctx.app_name or "", "deployment": ctx.deployment_name}
+        values = {"application": ctx.app_name or "", "deployment": ctx.deployment_name}
         for key, gauge in self._gauges.items():
-            gauge.set(float(decision.inputs[key]), tags=tags)
+            gauge.set(float(decision.inputs[key]), tags=values)
 
     def _publish(self, ctx: Any, decision: ScalingDecision) -> None:
         """Latest decision into Ray's key-value store, for `shardserve status`.

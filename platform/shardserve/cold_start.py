@@ -31,8 +31,9 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 from ray.llm._internal.common.callbacks.base import CallbackBase
 

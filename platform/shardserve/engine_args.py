@@ -71,7 +71,8 @@ def build_catalog() -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def load_catalog() -> dict[str, Any]:
-    return json.loads(CATALOG_PATH.read_text())
+    catalog: dict[str, Any] = json.loads(CATALOG_PATH.read_text())
+    return catalog
 
 
 def _type_ok(kind: Any, value: Any) -> bool:

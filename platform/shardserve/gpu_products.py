@@ -12,6 +12,8 @@ the node label is what tells the memory sizes apart.
 
 from __future__ import annotations
 
+from typing import Any
+
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
 _A100_40G = ("NVIDIA-A100-SXM4-40GB", "NVIDIA-A100-PCIE-40GB")
@@ -40,7 +42,7 @@ GPU_PRODUCTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def build_gpu_affinity(accelerator_type: str, label: str = GPU_PRODUCT_LABEL) -> dict:
+def build_gpu_affinity(accelerator_type: str, label: str = GPU_PRODUCT_LABEL) -> dict[str, Any]:
     """A required node affinity to the nodes whose `label` names a product of this type."""
     term = {"matchExpressions": [{"key": label, "operator": "In", "values": list(GPU_PRODUCTS[accelerator_type])}]}
     return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}}

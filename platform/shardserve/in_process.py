@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Any, AsyncIterator, Generator, Optional
+from collections.abc import AsyncIterator, Generator
+from typing import Any, Optional
 
 
 class InProcessHandle:
@@ -22,12 +23,12 @@ class InProcessHandle:
     def __init__(self, target: Any):
         self._target = target
 
-    def options(self, **_options: Any) -> "InProcessHandle":
+    def options(self, **_options: Any) -> InProcessHandle:
         # stream=True, session_id, multiplexed_model_id: routing choices, and
         # the routing already happened (this replica was chosen).
         return self
 
-    def __getattr__(self, name: str) -> "_InProcessMethod":
+    def __getattr__(self, name: str) -> _InProcessMethod:
         return _InProcessMethod(getattr(self._target, name))
 
 
@@ -35,10 +36,10 @@ class _InProcessMethod:
     def __init__(self, method: Any):
         self._method = method
 
-    def options(self, **_options: Any) -> "_InProcessMethod":
+    def options(self, **_options: Any) -> _InProcessMethod:
         return self
 
-    def remote(self, *args: Any, **kwargs: Any) -> "InProcessCall":
+    def remote(self, *args: Any, **kwargs: Any) -> InProcessCall:
         return InProcessCall(self._method, args, kwargs)
 
 
@@ -57,7 +58,7 @@ class InProcessCall:
         result = self._method(*self._args, **self._kwargs)
         return await result if inspect.isawaitable(result) else result
 
-    def __aiter__(self) -> "InProcessCall":
+    def __aiter__(self) -> InProcessCall:
         return self
 
     async def __anext__(self) -> Any:

@@ -12,14 +12,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
-
 from ray.llm._internal.serve.core.configs.openai_api_models import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -27,16 +24,24 @@ from ray.llm._internal.serve.core.configs.openai_api_models import (
 )
 from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS, OpenAiIngress
 from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shardserve.api_keys import KeyStore, bearer_token, key_matches, keys_configured
 from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
 from shardserve.in_process import InProcessHandle
 from shardserve.request_checks import RequestLimits, find_invalid_unicode, find_limit_violation
+from shardserve.request_lifetime import (
+    TrackedHandle,
+    cancel_calls,
+    finish_calls,
+    stream_until,
+    timeout_message,
+    tracking_calls,
+)
 from shardserve.request_metrics import record_rejected
 from shardserve.request_spans import trace_ingress_call
-from shardserve.request_lifetime import (
-    TrackedHandle, cancel_calls, finish_calls, stream_until, timeout_message, tracking_calls,
-)
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0

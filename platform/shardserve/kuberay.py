@@ -9,8 +9,9 @@ and the tests use the same rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 # The oldest KubeRay whose RayService CRD has every field the render uses:
 # rayClusterConfig.authOptions first appears in v1.5.1

@@ -12,8 +12,9 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, TextIO
+from typing import Optional, TextIO
 
 from shardserve.builder import RAY_SERVE_ENV, build_proxy_timeout
 from shardserve.placement import placement_for

@@ -61,7 +61,7 @@ class RequestLimits:
         return self.max_ongoing_requests + self.max_queued_requests
 
     @classmethod
-    def from_serving(cls, serving: Any) -> "RequestLimits":
+    def from_serving(cls, serving: Any) -> RequestLimits:
         return cls(**{f: getattr(serving, f) for f in cls.__dataclass_fields__})
 
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, AsyncIterator, Iterator, Optional
+from typing import Any, Optional
 
 from shardserve.errors import INTERNAL_MESSAGE, openai_error
 
@@ -29,7 +30,7 @@ class TrackedHandle:
     def __init__(self, handle: Any):
         self._handle = handle
 
-    def options(self, **options: Any) -> "TrackedHandle":
+    def options(self, **options: Any) -> TrackedHandle:
         return TrackedHandle(self._handle.options(**options))
 
     def __getattr__(self, name: str) -> Any:
@@ -40,7 +41,7 @@ class _TrackedMethod:
     def __init__(self, method: Any):
         self._method = method
 
-    def options(self, **options: Any) -> "_TrackedMethod":
+    def options(self, **options: Any) -> _TrackedMethod:
         return _TrackedMethod(self._method.options(**options))
 
     def remote(self, *args: Any, **kwargs: Any) -> Any:

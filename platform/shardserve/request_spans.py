@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncGenerator, Awaitable, Callable, Optional
+from typing import Any, Optional
 
 from shardserve.tracing import get_tracer, tracing_enabled
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, AsyncGenerator, Optional, TypeVar
+from collections.abc import AsyncGenerator
+from typing import Any, Optional, TypeVar
 
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.batcher import Batcher
@@ -52,6 +53,7 @@ class ShardserveServer(LLMServer):
     async def __serve_build_asgi_app__(self) -> Any:
         """The HTTP app Serve runs in this replica (after the engine started)."""
         from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
+
         from shardserve.ingress import build_ingress_app
 
         model_id = self._llm_config.model_id

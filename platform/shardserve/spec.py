@@ -10,14 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Optional
 
-from pydantic import (
-    AliasGenerator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from shardserve.kuberay import find_reserved_port
@@ -189,7 +182,7 @@ class ResourcesSpec(_Model):
         return _check_quantity(value)
 
     @model_validator(mode="after")
-    def _type_needs_gpu(self) -> "ResourcesSpec":
+    def _type_needs_gpu(self) -> ResourcesSpec:
         if self.accelerator == "cpu" and self.accelerator_type:
             raise ValueError("acceleratorType applies to GPUs only; remove it for accelerator: cpu")
         return self
@@ -203,10 +196,11 @@ class AutoscalingSpec(_Model):
         description="Waiting requests per replica above which replicas are added.",
     )
     upscale_delay_seconds: float = Field(default=5, ge=0, le=3600, description="How long load must stay high before scaling up.")
-    downscale_delay_seconds: float = Field(default=300, ge=0, le=86_400, description="How long load must stay low before scaling down.")
+    downscale_delay_seconds: float = Field(default=300, ge=0, le=86_400,
+                                           description="How long load must stay low before scaling down.")
 
     @model_validator(mode="after")
-    def _bounds(self) -> "AutoscalingSpec":
+    def _bounds(self) -> AutoscalingSpec:
         if self.max_replicas < self.min_replicas:
             raise ValueError(
                 f"maxReplicas ({self.max_replicas}) must be >= minReplicas ({self.min_replicas})"
@@ -312,7 +306,7 @@ class ModelDeploymentSpec(_Model):
     telemetry: Optional[TelemetrySpec] = Field(default=None, description="Traces (metrics need no settings).")
 
     @model_validator(mode="after")
-    def _one_replica_owner(self) -> "ModelDeploymentSpec":
+    def _one_replica_owner(self) -> ModelDeploymentSpec:
         if self.replicas is not None and self.autoscaling is not None:
             raise ValueError(
                 "set either replicas or autoscaling, not both: with autoscaling the autoscaler owns the replica count"

@@ -21,8 +21,9 @@ and handed to every Ray process as environment variables.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from shardserve.spec import TelemetrySpec
 
@@ -120,7 +121,7 @@ def build_tracing_env(settings: Optional[TracingSettings]) -> dict[str, str]:
     }
 
 
-def otlp_span_processors() -> list:
+def otlp_span_processors() -> list[Any]:
     """Ray Serve's tracing exporter hook: a batching OTLP exporter configured by
     the OTEL_EXPORTER_OTLP_* variables (endpoint, protocol, headers, timeout)."""
     from opentelemetry.sdk.trace.export import BatchSpanProcessor

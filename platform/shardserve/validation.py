@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import yaml
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from shardserve.engine_args import check_engine_args
 from shardserve.placement import PlacementError, check_model_shape, placement_for
@@ -37,7 +38,7 @@ def _path(loc: tuple[Any, ...]) -> str:
     return out or "(document)"
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: ErrorDetails) -> str:
     msg = error["msg"]
     for prefix in _PYDANTIC_PREFIXES:
         msg = msg.removeprefix(prefix)
@@ -61,7 +62,8 @@ def model_config_for(md: ModelDeployment) -> Optional[dict[str, Any]]:
         config = Path("/" + model.location.lstrip("/")) / "config.json"
         if config.is_file():
             try:
-                return json.loads(config.read_text())
+                parsed: dict[str, Any] = json.loads(config.read_text())
+                return parsed
             except (OSError, ValueError):
                 return None
     return None
@@ -90,7 +92,8 @@ def check_servable_here(md: ModelDeployment) -> list[str]:
 def parse_deployment(data: Any, source: str = "") -> ModelDeployment:
     """Validates a parsed document; raises SpecError listing every problem."""
     if not isinstance(data, dict):
-        raise SpecError([f"(document): must be a mapping with apiVersion, kind, metadata, spec; got {type(data).__name__}"], source)
+        raise SpecError([f"(document): must be a mapping with apiVersion, kind, metadata, spec; "
+                         f"got {type(data).__name__}"], source)
     try:
         md = ModelDeployment.model_validate(data)
     except ValidationError as err:

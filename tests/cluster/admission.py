@@ -12,7 +12,8 @@ use only the standard CEL the two share (has, size, matches, string).
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import cel
 import jsonschema

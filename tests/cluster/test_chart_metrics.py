@@ -9,7 +9,8 @@ operator renders them and KubeRay completes them.
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -53,7 +54,7 @@ def _unknown_fields(rendered: Any, parsed: Any, path: str = "") -> Iterator[str]
             else:
                 yield from _unknown_fields(value, parsed[key], f"{path}.{key}")
     elif isinstance(rendered, list):
-        for index, (item, parsed_item) in enumerate(zip(rendered, parsed)):
+        for index, (item, parsed_item) in enumerate(zip(rendered, parsed, strict=False)):
             yield from _unknown_fields(item, parsed_item, f"{path}[{index}]")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import subprocess
 import sys
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,7 @@ def _type_at(schema: dict[str, Any], dotted: str) -> str:
 
 def test_rules_compile_and_point_at_existing_fields(schema):
     count = 0
-    for path, node in _walk(schema):
+    for _path, node in _walk(schema):
         for rule in node.get("x-kubernetes-validations", ()):
             cel.compile(rule["rule"])
             count += 1
@@ -186,13 +187,13 @@ def test_examples_cover_cpu_one_gpu_and_sharded_autoscaled_ingress():
 
 
 def test_status_the_operator_writes_fits_the_status_schema(schema):
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from shardserve.validation import load_file
     from shardserve_operator.status import compute_status
 
     status_schema = schema["properties"]["status"]
-    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
     for path in EXAMPLES:
         md = load_file(path)
         good = compute_status(md, None, 3, name=md.metadata.name, namespace="default", now=now)

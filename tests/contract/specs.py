@@ -22,7 +22,6 @@ from typing import Any, Optional
 from shardserve.placement import Placement, placement_for
 from shardserve.spec import ModelDeployment
 from shardserve.validation import SpecError, load_file, parse_deployment
-
 from shardserve_operator.render import RenderOptions, render_children
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -32,7 +32,6 @@ from ray.serve.llm import LLMConfig
 
 from shardserve.builder import build_llm_config
 from shardserve.server import ShardserveServer
-
 from tests.contract.kuberay import build_raycluster, worker_groups
 from tests.contract.specs import BUILTIN_DIR, SPEC_IDS, SPECS, rendered_rayservice, replica_counts
 from tests.contract.test_autoscaler_config import HEAD_NODE_TYPE, derived_or_fail, strip_declared_resources

@@ -19,7 +19,6 @@ from ray.serve._private.deploy_utils import deploy_args_to_deployment_info, get_
 from ray.serve.schema import LoggingConfig, ServeDeploySchema
 
 from shardserve.builder import LLM_DEPLOYMENT
-
 from tests.contract.specs import GPU_SPEC_IDS, SPECS, placement
 from tests.contract.test_serve_schema import serve_config_as_kuberay_sends_it
 

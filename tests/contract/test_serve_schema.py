@@ -23,7 +23,6 @@ from ray.serve.schema import ServeDeploySchema
 
 from shardserve.app import build_app
 from shardserve.validation import SpecError
-
 from tests.contract.specs import SPEC_IDS, SPECS, rendered_rayservice
 
 

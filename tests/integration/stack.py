@@ -55,7 +55,7 @@ class LocalStack:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
 
-    def start(self) -> "LocalStack":
+    def start(self) -> LocalStack:
         started = time.monotonic()
         with open(self.log_file, "wb") as out:
             self.process = subprocess.Popen(

@@ -44,11 +44,11 @@ def test_overload_gets_fast_429s_and_admitted_requests_complete(small_queue):
     # engine runs 2 and queues 2); the rest are turned away at once.
     assert len(admitted) >= 4 and len(rejected) >= 6
     slowest_admitted = max(r[1] for r in admitted)
-    for status, seconds, headers, text in rejected:
+    for _status, seconds, headers, text in rejected:
         assert headers["retry-after"] == "1"
         assert '"type":"rate_limit_error"' in text.replace(" ", "") and '"code":"queue_full"' in text.replace(" ", "")
         assert seconds < slowest_admitted / 2, "a rejection must not wait for the queue"
-    for status, seconds, headers, text in admitted:
+    for _status, _seconds, _headers, text in admitted:
         assert '"completion_tokens":128' in text.replace(" ", "")
     print(f"\n{len(admitted)} admitted (slowest {slowest_admitted:.1f}s), {len(rejected)} rejected "
           f"(slowest {max(r[1] for r in rejected) * 1000:.0f} ms)")

@@ -14,8 +14,9 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 import httpx
 import pytest
@@ -299,7 +300,7 @@ class Sampler:
                     self.peaks[name] = max(self.peaks.get(name, 0.0), total(samples, name, **labels))
             self._stop.wait(0.3)
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 

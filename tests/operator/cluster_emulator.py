@@ -23,9 +23,10 @@ import copy
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, AsyncIterator, Optional
+from datetime import UTC, datetime
+from typing import Any, Optional
 
 import aiohttp.web
 import attrs
@@ -66,7 +67,7 @@ class Fault:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _rv(obj: dict) -> int:
@@ -253,7 +254,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     def _ordered_payloads(self) -> list:
         """self._payloads by priority, as RawHandler._handle orders them; recomputed when they change."""
         known, ordered = self._order
-        if len(known) != len(self._payloads) or any(a is not b for a, b in zip(known, self._payloads)):
+        if len(known) != len(self._payloads) or any(a is not b for a, b in zip(known, self._payloads, strict=True)):
             priorities = [tuple(-p for p in payload.priorities) for payload in self._payloads]
             width = max((len(priority) for priority in priorities), default=0)
             order = sorted(range(len(priorities)), key=lambda i: priorities[i] + (0,) * (width - len(priorities[i])))

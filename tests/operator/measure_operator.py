@@ -42,9 +42,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Optional
+from typing import Optional
 
 import aiohttp
 import attrs
@@ -53,18 +54,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from cluster_emulator import ClusterEmulator  # noqa: E402
-from operator_harness import (  # noqa: E402
-    RS_PATH,
-    Cluster,
-    eventually,
-    operator_settings,
-    start_operator,
-    tiny_document,
-)
-
 import shardserve  # noqa: E402
 import shardserve_operator  # noqa: E402
+from cluster_emulator import ClusterEmulator  # noqa: E402
+from operator_harness import RS_PATH, Cluster, eventually, operator_settings, start_operator, tiny_document  # noqa: E402
 from shardserve_operator.kube import compute_request_kind  # noqa: E402
 from shardserve_operator.settings import LeaderElection  # noqa: E402
 
@@ -199,7 +192,7 @@ class OperatorProcess:
             self.process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.process.wait(), 40)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
         return self.process.returncode
@@ -250,7 +243,7 @@ class Phase:
     cpu_seconds: float = 0.0  # the operator process's
 
     @classmethod
-    def between(cls, before: Scrape, after: Scrape, seconds: float, server: Calls) -> "Phase":
+    def between(cls, before: Scrape, after: Scrape, seconds: float, server: Calls) -> Phase:
         return cls(seconds, after.calls - before.calls, server, after.reconciles - before.reconciles,
                    after.cpu_seconds - before.cpu_seconds)
 
@@ -382,7 +375,8 @@ async def measure_one_at_a_time(count: int) -> None:
             for i in range(count):
                 key = ("default", f"m{i}")
                 await cluster.create_md(tiny_document(key[1]))
-                await eventually(lambda: key in emulator.first_status and key in emulator.children, 10)
+                # awaited here: the lambda never outlives this iteration
+                await eventually(lambda: key in emulator.first_status and key in emulator.children, 10)  # noqa: B023
                 children.append(emulator.children[key] - emulator.created[key])
                 statuses.append(emulator.first_status[key] - emulator.created[key])
                 await settled(emulator, 0.2)  # one at a time: latency, not throughput

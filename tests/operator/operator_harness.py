@@ -7,8 +7,9 @@ import copy
 import dataclasses
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, Optional, Union
 
 import aiohttp
 import pytest

@@ -20,7 +20,6 @@ from shardserve.kuberay import (
     read_worker_counts,
 )
 from shardserve.validation import load_file
-
 from shardserve_operator import naming
 from shardserve_operator.apply import build_bounds_patch
 from shardserve_operator.checks import (
@@ -324,7 +323,6 @@ def test_held_back_reconciles_are_counted_by_cause():
 def test_a_stale_modeldeployment_crd_names_the_fields_it_would_prune():
     from shardserve.crd import build_crd
     from shardserve.spec import API_VERSION
-
     from shardserve_operator.checks import compute_stale_crd_fields
 
     current = build_crd()

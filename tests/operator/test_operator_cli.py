@@ -12,11 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from operator_harness import eventually, tiny_document
 from shardserve.cli import main as cli_main
 from shardserve.validation import load_file
-
 from shardserve_operator.render import render_children
-from operator_harness import eventually, tiny_document
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "manifests" / "examples" / "tiny-cpu.yaml"

@@ -11,11 +11,6 @@ import time
 
 import pytest
 
-from shardserve.validation import parse_deployment
-
-from shardserve_operator import naming
-from shardserve_operator.render import read_hash, render_children
-from shardserve_operator.status import CONDITION_TYPES
 from operator_harness import (
     ING_PATH,
     MD_PATH,
@@ -26,6 +21,10 @@ from operator_harness import (
     start_operator,
     tiny_document,
 )
+from shardserve.validation import parse_deployment
+from shardserve_operator import naming
+from shardserve_operator.render import read_hash, render_children
+from shardserve_operator.status import CONDITION_TYPES
 
 pytestmark = pytest.mark.asyncio
 

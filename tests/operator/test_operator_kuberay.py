@@ -16,9 +16,8 @@ import logging
 import kmock
 import pytest
 
+from operator_harness import MD_PATH, RS_PATH, eventually, operator_settings, start_operator, tiny_document
 from shardserve.kuberay import MIN_KUBERAY_VERSION_TEXT, build_cluster_labels
-
-from operator_harness import MD_PATH, RS_PATH, SVC_PATH, eventually, operator_settings, start_operator, tiny_document
 from test_operator_integration import converged, ready_status, settled
 
 pytestmark = pytest.mark.asyncio
@@ -138,7 +137,8 @@ async def test_ready_replicas_follow_the_rayclusters_own_status(cluster, operato
     for ready in (1, 2):
         await cluster.patch(RC_PATH.format(ns="default") + "/tiny-abcde/status",
                             {"status": {"desiredWorkerReplicas": 2, "readyWorkerReplicas": ready}})
-        await eventually(lambda: cluster.md("tiny")["status"]["readyReplicas"] == ready, 10,
+        # awaited here: the lambda never outlives this iteration
+        await eventually(lambda: cluster.md("tiny")["status"]["readyReplicas"] == ready, 10,  # noqa: B023
                          f"readyReplicas {ready}")
     assert operator.controller.reconciles >= reconciles + 2
     assert cluster.md("tiny")["status"]["replicas"] == 2

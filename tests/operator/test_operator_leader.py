@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
+from operator_harness import eventually, operator_settings, start_operator, tiny_document
 from shardserve_operator.health import Phase
 from shardserve_operator.leader import format_microtime
 from shardserve_operator.settings import LeaderElection
-from operator_harness import eventually, operator_settings, start_operator, tiny_document
 
 pytestmark = pytest.mark.asyncio
 
@@ -67,7 +67,7 @@ async def test_a_leader_that_cannot_renew_stops_acting(cluster):
         # Another holder keeps writing the Lease (as if the leader's renewals were lost).
         while usurper_running:
             status, lease = await cluster.request("GET", LEASE_PATH)
-            lease["spec"].update(holderIdentity="intruder", renewTime=format_microtime(datetime.now(timezone.utc)))
+            lease["spec"].update(holderIdentity="intruder", renewTime=format_microtime(datetime.now(UTC)))
             await cluster.request("PUT", LEASE_PATH, lease)
             await asyncio.sleep(0.05)
 

@@ -15,10 +15,10 @@ import urllib3
 from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from operator_harness import MD_PATH, RS_PATH, SVC_PATH, eventually, tiny_document
 from shardserve_operator.kube import compute_request_kind
 from shardserve_operator.metrics import ERROR_REASONS, OperatorMetrics, compute_child_counts, compute_ready_counts
 from shardserve_operator.reconcile import InvalidSpecError, NotOwnedError, compute_error_reason
-from operator_harness import MD_PATH, RS_PATH, SVC_PATH, eventually, tiny_document
 from test_operator_integration import converged, ready_status, settled
 
 Samples = dict[tuple[str, frozenset], float]
@@ -104,8 +104,9 @@ async def test_metrics_count_managed_objects_reconciles_requests_and_events(clus
     events = cluster.events()
     assert total(samples, "events_total") == len(events) == \
         value(samples, "api_requests_total", verb="create", resource="events", code="200")
+    # SpecValid, ResourcesApplied, Ready
     assert value(samples, "events_total", type="Warning", reason="InvalidSpec") == \
-        sum(1 for e in events if (e["type"], e["reason"]) == ("Warning", "InvalidSpec")) == 3  # SpecValid, ResourcesApplied, Ready
+        sum(1 for e in events if (e["type"], e["reason"]) == ("Warning", "InvalidSpec")) == 3
     assert value(samples, "events_total", type="Normal", reason="Serving") == 1
     # The process itself, and the version.
     assert ("process_resident_memory_bytes", frozenset()) in samples

@@ -21,15 +21,8 @@ from shardserve.builder import PROXY_TIMEOUT_MARGIN_S, PVC_MOUNT_ROOT, build_llm
 from shardserve.kuberay import build_head_service_ports, check_group_resources, find_duplicate_ports
 from shardserve.placement import placement_for
 from shardserve.validation import load_file, parse_deployment
-
 from shardserve_operator import naming
-from shardserve_operator.render import (
-    RenderOptions,
-    compute_hash,
-    read_hash,
-    render_children,
-    render_yaml,
-)
+from shardserve_operator.render import RenderOptions, compute_hash, read_hash, render_children, render_yaml
 from shardserve_operator.render.rayservice import APP_IMPORT_PATH, HEAD_PORTS
 
 HERE = Path(__file__).resolve().parent

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from shardserve.spec import ModelDeploymentStatus
 from shardserve.validation import load_file
-
 from shardserve_operator.status import (
     ApplyOutcome,
     Notice,
@@ -22,7 +21,7 @@ from shardserve_operator.status import (
 ROOT = Path(__file__).resolve().parents[2]
 TINY = load_file(ROOT / "manifests" / "examples" / "tiny-cpu.yaml")
 SPANNING = load_file(Path(__file__).parent / "cases" / "pipeline-across-nodes.yaml")  # 2 pods per replica
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def rayservice(ready=None, reason=None, app=None, message="", deployment=None, endpoints=0, cluster=None,

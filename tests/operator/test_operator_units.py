@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import kubernetes_validate
 import pytest
@@ -18,7 +18,7 @@ from shardserve_operator.reconcile import compute_retry_delay, is_retriable
 from shardserve_operator.settings import OperatorSettings, add_arguments, from_args
 from shardserve_operator.status import EventRecord
 
-T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------- settings

@@ -7,7 +7,6 @@ from typing import get_args
 
 import pytest
 import yaml
-
 from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
 
 from shardserve.builder import build_proxy_timeout

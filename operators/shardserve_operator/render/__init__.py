@@ -9,12 +9,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import yaml
 
 from shardserve.spec import ModelDeployment
-
 from shardserve_operator import naming
 from shardserve_operator.render.ingress import build_ingress
 from shardserve_operator.render.options import RenderOptions

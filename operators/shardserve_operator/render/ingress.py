@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from shardserve.spec import ModelDeployment
-
 from shardserve_operator import naming
 
 

@@ -29,7 +29,6 @@ from shardserve.gpu_products import build_gpu_affinity
 from shardserve.placement import Placement, placement_for
 from shardserve.spec import ModelDeployment
 from shardserve.tracing import build_tracing_env, compute_tracing_settings
-
 from shardserve_operator import naming
 from shardserve_operator.render.options import RenderOptions
 
@@ -173,7 +172,8 @@ def _model_claim(md: ModelDeployment) -> Optional[str]:
     return model.location.strip("/").split("/")[0] if model.scheme == "pvc" else None
 
 
-def _container(name: str, image: str, md: ModelDeployment, ports: list[dict], resources: dict) -> dict[str, Any]:
+def _container(name: str, image: str, md: ModelDeployment, ports: list[dict[str, Any]],
+               resources: dict[str, Any]) -> dict[str, Any]:
     container: dict[str, Any] = {"name": name, "image": image, "ports": ports,
                                  "env": [{"name": k, "value": v} for k, v in sorted(RAY_SERVE_ENV.items())],
                                  "securityContext": copy.deepcopy(CONTAINER_SECURITY)}
@@ -358,7 +358,6 @@ def _keeps_head_in_serve_service(md: ModelDeployment) -> bool:
 
 def build_rayservice(md: ModelDeployment, options: RenderOptions) -> dict[str, Any]:
     placement = placement_for(md.spec)
-    scaling = md.spec.autoscaling
     name = md.metadata.name
     return {
         "apiVersion": RAY_API_VERSION,

@@ -53,14 +53,14 @@ operator's image has no Ray and never loads this module).
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Optional
 
 import yaml
 
 from shardserve.kuberay import HASH_IGNORED_WORKER_FIELDS, strip_hash_ignored
 from shardserve.spec import ModelDeployment
-
 from shardserve_operator import naming
 from shardserve_operator.render import is_paused, render_children
 from shardserve_operator.render.options import RenderOptions
@@ -159,8 +159,8 @@ def _total(old: ModelDeployment, new: ModelDeployment, changes: tuple[Change, ..
     return max((c.cost for c in changes), key=lambda c: c.rank, default=Cost.NONE)
 
 
-def _compare(old: ModelDeployment, new: ModelDeployment, old_objects: Mapping[str, dict],
-             new_objects: Mapping[str, dict], version: tuple[int, int, int]) -> Iterator[Change]:
+def _compare(old: ModelDeployment, new: ModelDeployment, old_objects: Mapping[str, dict[str, Any]],
+             new_objects: Mapping[str, dict[str, Any]], version: tuple[int, int, int]) -> Iterator[Change]:
     for kind in ("Service", "Ingress"):
         for path in diff_paths(old_objects.get(kind), new_objects.get(kind)):
             yield Change(f"{kind} {path.lstrip('.')}".rstrip(), Cost.IN_PLACE,
@@ -274,7 +274,7 @@ def diff_paths(old: Any, new: Any, prefix: str = "") -> list[str]:
         return out
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         out = []
-        for index, (a, b) in enumerate(zip(old, new)):
+        for index, (a, b) in enumerate(zip(old, new, strict=True)):
             out += diff_paths(a, b, f"{prefix}[{index}]")
         return out
     return [prefix]

@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING, Optional
 
 from shardserve.bench.stats import parse_goodput
 from shardserve.bench.workload import (
-    DEFAULT_TIMEOUT_S, WorkloadError, iter_file_requests, iter_random_requests, read_jsonl_requests,
+    DEFAULT_TIMEOUT_S,
+    WorkloadError,
+    iter_file_requests,
+    iter_random_requests,
+    read_jsonl_requests,
 )
 
 # The HTTP client (httpx, tqdm) loads only when a benchmark runs: building the

@@ -10,9 +10,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Optional, TextIO
 
 from shardserve.bench.client import Api, Endpoint
 from shardserve.bench.runner import LoadConfig, open_client, run_load

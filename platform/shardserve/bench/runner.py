@@ -8,8 +8,9 @@ import math
 import random
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import httpx
 from tqdm import tqdm
@@ -73,7 +74,8 @@ async def resolve_model(client: httpx.AsyncClient, base_url: str, api_key: Optio
     return ids[0]
 
 
-async def _run_closed(client: httpx.AsyncClient, endpoint: Endpoint, requests: Iterator[RequestSpec], n: int, concurrency: int) -> None:
+async def _run_closed(client: httpx.AsyncClient, endpoint: Endpoint, requests: Iterator[RequestSpec], n: int,
+                      concurrency: int) -> None:
     """n requests, `concurrency` at a time; results are dropped (a warm-up)."""
     specs = [next(requests) for _ in range(n)]
     slots = asyncio.Semaphore(concurrency)

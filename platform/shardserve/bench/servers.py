@@ -114,7 +114,7 @@ class ServerProcess:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
-    def start(self, timeout_s: float = READY_TIMEOUT_S) -> "ServerProcess":
+    def start(self, timeout_s: float = READY_TIMEOUT_S) -> ServerProcess:
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
@@ -171,7 +171,7 @@ class ServerProcess:
         for proc in self._session():
             proc.kill()
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *_exc: object) -> None:

@@ -7,9 +7,10 @@ import itertools
 import json
 import math
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 # Seconds one request may take before it counts as failed.
 DEFAULT_TIMEOUT_S = 600.0
