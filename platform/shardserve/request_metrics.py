@@ -1,7 +1,7 @@
 """Request metrics shardserve adds to what Ray Serve and vLLM already export.
 
 Requests by status, latencies, tokens and queues come from Serve's and vLLM's
-own metrics (README, "Metrics"); only what neither counts is here. Metrics are
+own metrics (docs/observability.md, "Metrics"); only what neither counts is here. Metrics are
 Ray's (ray.util.metrics), exported with every other Ray metric.
 """
 
