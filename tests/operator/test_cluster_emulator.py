@@ -8,7 +8,7 @@ import json
 import kmock
 import pytest
 
-from cluster_emulator import IndexedObjects
+from indexed_emulator import IndexedObjects
 from operator_harness import MD_PATH, SVC_PATH, tiny_document
 
 pytestmark = pytest.mark.asyncio
