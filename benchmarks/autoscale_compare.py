@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def deployment(port: int):
-    from shardserve.validation import parse_deployment
+    from shardserve.api.validation import parse_deployment
 
     doc = yaml.safe_load((ROOT / "manifests/examples/tiny-cpu.yaml").read_text())
     doc["metadata"]["name"] = "compare"
@@ -79,7 +79,7 @@ def measure(variant: str, clients: int, port: int) -> float:
     import ray
     from ray import serve
 
-    from shardserve.app import build_application, build_llm_config_for
+    from shardserve.serve.app import build_application, build_llm_config_for
 
     md = deployment(port)
     config = build_llm_config_for(md)

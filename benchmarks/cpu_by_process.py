@@ -21,12 +21,12 @@ from pathlib import Path
 
 import psutil
 
+from shardserve.api.validation import load_file
 from shardserve.bench.client import Endpoint
 from shardserve.bench.compare import BARE, SHARDSERVE, CompareConfig, build_server
 from shardserve.bench.runner import LoadConfig, open_client, run_load
 from shardserve.bench.servers import stop_servers_on_sigterm
 from shardserve.bench.workload import iter_random_requests
-from shardserve.validation import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 # Process titles, most specific first: Ray names its workers after the actor.

@@ -20,9 +20,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from shardserve.api.validation import load_file
 from shardserve.bench.compare import CompareConfig, measure_levels
 from shardserve.bench.servers import ServerProcess, build_shardserve_command, free_port, stop_servers_on_sigterm
-from shardserve.validation import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 OFF, ON = "off", "on"

@@ -7,8 +7,8 @@ import httpx
 import pytest
 from fastapi import Request
 
-from shardserve.ingress import build_fastapi_app
-from shardserve.request_checks import RequestLimits
+from shardserve.serve.http.ingress import build_fastapi_app
+from shardserve.serve.http.limits import RequestLimits
 
 
 @pytest.mark.asyncio

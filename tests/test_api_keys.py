@@ -7,7 +7,7 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
-from shardserve.api_keys import (
+from shardserve.serve.http.api_keys import (
     KEYS_ENV,
     KEYS_FILE_ENV,
     KeyStore,
@@ -96,8 +96,8 @@ def test_a_mounted_secret_directory_gives_one_key_per_entry(tmp_path):
 
 
 def _app(monkeypatch, keys="k1,k2", required=True, max_bytes=4096):
-    from shardserve.ingress import build_fastapi_app
-    from shardserve.request_checks import RequestLimits
+    from shardserve.serve.http.ingress import build_fastapi_app
+    from shardserve.serve.http.limits import RequestLimits
 
     monkeypatch.delenv(KEYS_FILE_ENV, raising=False)
     if keys is None:
@@ -164,8 +164,8 @@ def test_oversized_headers_get_431_before_the_key_check(monkeypatch):
 def test_shardserve_run_refuses_an_api_key_secret_without_local_keys(monkeypatch):
     import io
 
-    from shardserve.local import run_local
-    from shardserve.validation import parse_deployment
+    from shardserve.api.validation import parse_deployment
+    from shardserve.local.run import run_local
 
     monkeypatch.delenv(KEYS_ENV, raising=False)
     monkeypatch.delenv(KEYS_FILE_ENV, raising=False)

@@ -3,7 +3,7 @@ scale to zero and back."""
 
 from dataclasses import replace
 
-from shardserve.autoscaling import (
+from shardserve.serve.autoscaling.policy import (
     QueueDepthPolicy,
     ScalingBounds,
     ScalingInputs,
@@ -105,7 +105,7 @@ def test_reasons_name_the_inputs():
 
 
 def test_decision_kind_ignores_the_numbers():
-    from shardserve.autoscaling import decision_kind
+    from shardserve.serve.autoscaling.policy import decision_kind
 
     assert decision_kind("queue 3.2/replica > target 2 for 1s of 2s") == \
         decision_kind("queue 5.0/replica > target 2 for 0s of 2s")

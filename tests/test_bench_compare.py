@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from shardserve.api.placement import placement_for
+from shardserve.api.validation import load_file, parse_deployment
 from shardserve.bench.compare import BARE, SHARDSERVE, compute_comparison, format_summary, plan_rounds
 from shardserve.bench.servers import build_engine_flags, build_vllm_command, build_vllm_env
-from shardserve.builder import build_engine_kwargs
-from shardserve.placement import placement_for
-from shardserve.validation import load_file, parse_deployment
+from shardserve.serve.llm_config import build_engine_kwargs
 
 TINY = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "tiny-cpu.yaml"
 

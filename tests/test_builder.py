@@ -5,14 +5,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shardserve.builder import (
+from shardserve.api.validation import parse_deployment
+from shardserve.serve.llm_config import (
     PVC_MOUNT_ROOT,
     STREAM_BATCHING_INTERVAL_MS,
     build_llm_config,
     parse_quantity,
     resolve_model_source,
 )
-from shardserve.validation import parse_deployment
 
 TINY = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "tiny-cpu.yaml"
 
@@ -42,7 +42,7 @@ def test_tiny_cpu_config():
     assert config["deployment_config"]["max_ongoing_requests"] > 64 + 256
     assert config["runtime_env"] is None  # one worker: vLLM binds its threads itself
     assert config["experimental_configs"]["stream_batching_interval_ms"] == STREAM_BATCHING_INTERVAL_MS
-    assert config["server_cls"] == "shardserve.server:ShardserveServer"  # sends the first token unbatched
+    assert config["server_cls"] == "shardserve.serve.replica:ShardserveServer"  # sends the first token unbatched
 
 
 def test_tensor_parallel_cpu_pins_one_core_per_worker():

@@ -6,8 +6,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from shardserve import cold_start as cold_start_module
-from shardserve.cold_start import (
+from shardserve.local.status import build_status_row, format_status
+from shardserve.serve.telemetry import cold_start as cold_start_module
+from shardserve.serve.telemetry.cold_start import (
     MODEL_FETCHED_KEY,
     PHASES,
     TOTAL,
@@ -16,8 +17,12 @@ from shardserve.cold_start import (
     compute_phases,
     format_phases,
 )
-from shardserve.local_status import build_status_row, format_status
-from shardserve.weight_load import WEIGHT_LOAD_FILE_ENV, append_weight_load, read_weight_load, record_weight_load
+from shardserve.serve.telemetry.weight_load import (
+    WEIGHT_LOAD_FILE_ENV,
+    append_weight_load,
+    read_weight_load,
+    record_weight_load,
+)
 
 
 def test_phases_are_consecutive_and_add_up():

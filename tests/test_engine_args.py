@@ -2,7 +2,7 @@
 
 import json
 
-from shardserve.engine_args import CATALOG_PATH, build_catalog, check_engine_args
+from shardserve.api.engine_args import CATALOG_PATH, build_catalog, check_engine_args
 
 
 def test_catalog_matches_installed_vllm():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
-from shardserve.request_checks import find_invalid_unicode
+from shardserve.serve.http.errors import clean_engine_message, describe_validation_errors, openai_error
+from shardserve.serve.http.limits import find_invalid_unicode
 
 
 def test_error_shape():

@@ -5,8 +5,8 @@ import asyncio
 
 import pytest
 
-from shardserve.in_process import InProcessHandle
-from shardserve.request_lifetime import TrackedHandle, cancel_calls, tracking_calls
+from shardserve.serve.http.in_process import InProcessHandle
+from shardserve.serve.http.request_lifetime import TrackedHandle, cancel_calls, tracking_calls
 
 
 class Replica:

@@ -1,4 +1,4 @@
-"""Unit tests for shardserve.models (no vLLM: builds take well under a second)."""
+"""Unit tests for shardserve.builtin.tiny (no vLLM: builds take well under a second)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shardserve import models
+from shardserve.builtin import tiny as models
 
 
 def _hashes(d: Path) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from shardserve.placement import PlacementError, check_model_shape, compute_placement, cpu_threads_bind
+from shardserve.api.placement import PlacementError, check_model_shape, compute_placement, cpu_threads_bind
 
 GPU = "nvidia.com/gpu"
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from shardserve.request_lifetime import TrackedHandle, stream_until, tracking_calls
+from shardserve.serve.http.request_lifetime import TrackedHandle, stream_until, tracking_calls
 
 
 class Upstream:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from shardserve.request_checks import RequestLimits, find_limit_violation
-from shardserve.spec import ServingSpec
+from shardserve.api.spec import ServingSpec
+from shardserve.serve.http.limits import RequestLimits, find_limit_violation
 
 LIMITS = RequestLimits(max_tokens=100, max_n=4, max_stop_sequences=2, max_messages=3, max_message_chars=10)
 

@@ -13,8 +13,8 @@ from ray.llm._internal.serve.core.protocol import RawRequestInfo
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, StreamingResponse
 
-from shardserve import request_spans
-from shardserve.request_spans import (
+from shardserve.serve.telemetry import spans as request_spans
+from shardserve.serve.telemetry.spans import (
     ResponseFacts,
     build_request_attributes,
     build_status_attributes,

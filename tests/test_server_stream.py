@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from shardserve.server import first_then_batched
+from shardserve.serve.replica import first_then_batched
 
 
 async def slow_tokens(n: int, gap_s: float):

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shardserve.validation import SpecError, load_file, parse_deployment
+from shardserve.api.validation import SpecError, load_file, parse_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "manifests" / "examples" / "tiny-cpu.yaml"

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shardserve.spec import TelemetrySpec
-from shardserve.tracing import (
+from shardserve.api.spec import TelemetrySpec
+from shardserve.api.validation import SpecError, load_file, parse_deployment
+from shardserve.serve.telemetry.tracing import (
     SPAN_PROCESSORS_IMPORT_PATH,
     TracingSettings,
     build_tracing_env,
@@ -15,7 +16,6 @@ from shardserve.tracing import (
     otlp_span_processors,
     traces_url,
 )
-from shardserve.validation import SpecError, load_file, parse_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ ModelDeployment is never touched. Every write uses strict field validation,
 so a field the installed CRD lacks fails the write instead of vanishing.
 
 KubeRay's change hash leaves each worker group's replicas, minReplicas and
-maxReplicas out (shardserve.kuberay.HASH_IGNORED_WORKER_FIELDS), so new
+maxReplicas out (shardserve.api.kuberay.HASH_IGNORED_WORKER_FIELDS), so new
 bounds on the RayService never reach its running RayClusters, while Ray's
 autoscaler reads them from there. The operator writes them onto the active
 and pending RayClusters itself, with a JSON patch that tests each group's
@@ -192,7 +192,7 @@ def build_bounds_patch(cluster: Mapping[str, Any], rendered_groups: Sequence[Map
     Groups are matched by groupName; each changed group's ops start with a
     `test` of its name at its index, so a reordered list fails the patch (422)
     instead of changing the wrong group. replicas is clamped into the new
-    bounds, as KubeRay does when it counts pods (shardserve.kuberay.compute_desired_workers),
+    bounds, as KubeRay does when it counts pods (shardserve.api.kuberay.compute_desired_workers),
     so Ray's autoscaler starts from a count the bounds allow. [] when nothing differs.
     """
     wanted = {group.get("groupName"): group for group in rendered_groups if group.get("groupName")}

@@ -1,7 +1,7 @@
 """What the cluster must offer before the operator writes a ModelDeployment's children (pure).
 
 - The installed RayService CRD must know every field the render uses
-  (shardserve.kuberay.REQUIRED_RAYSERVICE_FIELDS): an older CRD prunes them
+  (shardserve.api.kuberay.REQUIRED_RAYSERVICE_FIELDS): an older CRD prunes them
   silently, and Ray's token authentication, for one, would then be off.
 - A write refused under strict field validation names the fields the
   schema lacks.
@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 from kubernetes.client.exceptions import ApiException
 
-from shardserve.kuberay import MIN_KUBERAY_VERSION_TEXT, REQUIRED_RAYSERVICE_FIELDS
+from shardserve.api.kuberay import MIN_KUBERAY_VERSION_TEXT, REQUIRED_RAYSERVICE_FIELDS
 
 RAYSERVICE_CRD_NAME = "rayservices.ray.io"
 RAYSERVICE_VERSION = "v1"

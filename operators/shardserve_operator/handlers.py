@@ -27,8 +27,8 @@ from typing import Any, Optional
 
 import kopf
 
-from shardserve.crd import CRD_NAME, build_crd
-from shardserve.spec import API_VERSION
+from shardserve.api.crd import CRD_NAME, build_crd
+from shardserve.api.spec import API_VERSION
 from shardserve_operator import naming
 from shardserve_operator.checks import compute_missing_fields, compute_stale_crd_fields, describe_missing_fields
 from shardserve_operator.kube import CHILD_KINDS, MODEL_DEPLOYMENT, RAYCLUSTER, WATCHED_KINDS, Kind, Kube

@@ -21,7 +21,7 @@ from typing import Any, Optional
 
 import kopf
 
-from shardserve.spec import API_GROUP
+from shardserve.api.spec import API_GROUP
 from shardserve_operator import naming
 from shardserve_operator.handlers import Controller, register
 from shardserve_operator.health import Health, HealthServer, Phase

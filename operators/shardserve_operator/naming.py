@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-from shardserve.spec import API_GROUP, API_VERSION, KIND
+from shardserve.api.spec import API_GROUP, API_VERSION, KIND
 
 MD_API_VERSION = f"{API_GROUP}/{API_VERSION}"
 MD_PLURAL = "modeldeployments"

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from shardserve.kuberay import find_cluster_names
+from shardserve.api.kuberay import find_cluster_names
 from shardserve_operator import naming
 from shardserve_operator.checks import RAYSERVICE_CRD_NAME
 from shardserve_operator.kube import (

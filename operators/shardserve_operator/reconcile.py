@@ -25,8 +25,8 @@ import kopf
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from shardserve.kuberay import read_worker_counts
-from shardserve.validation import SpecError, parse_deployment
+from shardserve.api.kuberay import read_worker_counts
+from shardserve.api.validation import SpecError, parse_deployment
 from shardserve_operator.apply import ApplyReport, KubeRayUnsupportedError, apply_children, apply_events, apply_status
 from shardserve_operator.checks import compute_claim_problem, describe_missing_fields, find_claim_names
 from shardserve_operator.kube import RAYSERVICE, Kind, Kube, kind_of, retry_after_seconds

@@ -66,10 +66,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Optional
 
-from shardserve.builder import LLM_DEPLOYMENT
-from shardserve.kuberay import compute_rollout_done, find_cluster_names, read_worker_counts
-from shardserve.placement import placement_for
-from shardserve.spec import ModelDeployment, ModelDeploymentStatus
+from shardserve.api.kuberay import compute_rollout_done, find_cluster_names, read_worker_counts
+from shardserve.api.placement import placement_for
+from shardserve.api.spec import ModelDeployment, ModelDeploymentStatus
+from shardserve.serve.llm_config import LLM_DEPLOYMENT
 from shardserve_operator import naming
 
 SPEC_VALID = "SpecValid"
@@ -218,7 +218,7 @@ def compute_progress(md: ModelDeployment, rayservice: Optional[Mapping[str, Any]
 
     KubeRay stamps status.observedGeneration when it has seen a spec; during
     a NewCluster upgrade it keeps Ready=True from the old cluster and sets
-    UpgradeInProgress=True (shardserve.kuberay.compute_rollout_done).
+    UpgradeInProgress=True (shardserve.api.kuberay.compute_rollout_done).
     """
     if rayservice is None:
         return ConditionState(PROGRESSING, "True", WAITING_FOR_RAYSERVICE, "the RayService does not exist yet")
@@ -262,7 +262,7 @@ def _replica_counts(md: ModelDeployment, rayservice: Optional[Mapping[str, Any]]
     """(replicas, readyReplicas) of the model, from the spec and the active RayCluster's own status.
 
     KubeRay never refreshes the copy of that status inside the RayService's
-    (shardserve.kuberay.RAYCLUSTER_STATUS_IS_LIVE), so it is read from the
+    (shardserve.api.kuberay.RAYCLUSTER_STATUS_IS_LIVE), so it is read from the
     RayCluster itself.
     """
     spec = md.spec

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
-from shardserve.validation import SpecError, check_servable_here, load_file
+from shardserve.api.validation import SpecError, check_servable_here, load_file
 
 EXIT_INVALID = 2
 
@@ -28,7 +28,7 @@ def _load_or_exit(path: str, *, servable_here: bool = True):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from shardserve.local import LocalOptions, run_local
+    from shardserve.local.run import LocalOptions, run_local
 
     md = _load_or_exit(args.file)
     options = LocalOptions(host=args.host, port=args.port, num_cpus=args.num_cpus, verbose=args.verbose,
@@ -37,7 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from shardserve.local_status import format_status, read_local_status
+    from shardserve.local.status import format_status, read_local_status
 
     try:
         rows = read_local_status(args.name)
@@ -55,7 +55,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_model(args: argparse.Namespace) -> int:
-    from shardserve.models import build_tiny_model
+    from shardserve.builtin.tiny import build_tiny_model
 
     try:
         path = build_tiny_model(Path(args.dir))
@@ -67,7 +67,7 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_engine_args(args: argparse.Namespace) -> int:
-    from shardserve.engine_args import CATALOG_PATH, build_catalog
+    from shardserve.api.engine_args import CATALOG_PATH, build_catalog
 
     fresh = json.dumps(build_catalog(), indent=1, sort_keys=True) + "\n"
     if args.write:
@@ -96,7 +96,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _cmd_crd(args: argparse.Namespace) -> int:
     """Prints the ModelDeployment CRD; -o writes it, --check compares files with it."""
-    from shardserve.crd import render_crd_yaml
+    from shardserve.api.crd import render_crd_yaml
 
     fresh = render_crd_yaml()
     stale = [path for path in args.check if not Path(path).is_file() or Path(path).read_text() != fresh]

@@ -11,9 +11,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shardserve.crd import build_crd
-from shardserve.kuberay import MIN_KUBERAY_VERSION_TEXT
-from shardserve.validation import load_file
+from shardserve.api.crd import build_crd
+from shardserve.api.kuberay import MIN_KUBERAY_VERSION_TEXT
+from shardserve.api.validation import load_file
 from shardserve_operator import naming
 from shardserve_operator.render import render_children
 from shardserve_operator.render.rayservice import HEAD_PORTS, SERVE_PORT_NAME

@@ -15,7 +15,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from shardserve.validation import load_file
+from shardserve.api.validation import load_file
 from shardserve_operator.render import render_children
 from shardserve_operator.settings import OperatorSettings
 from tests.cluster.chart import CHART, NAMESPACE, ROOT, lint_chart, render_chart

@@ -18,9 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shardserve.crd import CRD_FILE_NAME, CRD_NAME, PRINTER_COLUMNS, RULES, build_crd, render_crd_yaml
-from shardserve.spec import API_GROUP, ModelDeploymentStatus
-from shardserve.validation import SpecError, parse_deployment
+from shardserve.api.crd import CRD_FILE_NAME, CRD_NAME, PRINTER_COLUMNS, RULES, build_crd, render_crd_yaml
+from shardserve.api.spec import API_GROUP, ModelDeploymentStatus
+from shardserve.api.validation import SpecError, parse_deployment
 from tests.cluster.admission import admit, apply_defaults, failed_rules, schema_errors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,7 +189,7 @@ def test_examples_cover_cpu_one_gpu_and_sharded_autoscaled_ingress():
 def test_status_the_operator_writes_fits_the_status_schema(schema):
     from datetime import datetime
 
-    from shardserve.validation import load_file
+    from shardserve.api.validation import load_file
     from shardserve_operator.status import compute_status
 
     status_schema = schema["properties"]["status"]

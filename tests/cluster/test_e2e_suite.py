@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from shardserve.kuberay import MIN_KUBERAY_VERSION_TEXT
-from shardserve.validation import parse_deployment
+from shardserve.api.kuberay import MIN_KUBERAY_VERSION_TEXT
+from shardserve.api.validation import parse_deployment
 from shardserve_operator.render import render_children
 from shardserve_operator.render.rollout import Cost, compute_change_cost
 from tests.cluster.chart import ROOT, lint_chart, render_chart
@@ -138,7 +138,7 @@ def _as_raycluster(rayservice: dict) -> dict:
 def test_every_rendered_group_has_cpus_by_the_suites_reading_and_by_rays(case):
     from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 
-    from shardserve.validation import load_file
+    from shardserve.api.validation import load_file
 
     raycluster = _as_raycluster(by_kind(render_children(load_file(CASES[case])))["RayService"])
     assert find_groups_without_cpus(raycluster) == []
@@ -149,7 +149,7 @@ def test_a_gpu_group_without_a_cpu_count_is_caught_as_ray_would():
     """The case kind cannot run (review #1): Ray's autoscaler raises, and the suite's reading flags it."""
     from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 
-    from shardserve.validation import load_file
+    from shardserve.api.validation import load_file
 
     raycluster = _as_raycluster(by_kind(render_children(load_file(CASES["llama-70b-tp4-pp2"])))["RayService"])
     group = raycluster["spec"]["workerGroupSpecs"][0]

@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from shardserve.validation import load_file
+from shardserve.api.validation import load_file
 from shardserve_operator.render import RenderOptions, render_children
 from tests.cluster.admission import schema_errors
 

@@ -37,7 +37,7 @@ from operator_harness import (  # noqa: E402
     start_operator,
     tiny_document,
 )
-from shardserve.kuberay import build_cluster_labels  # noqa: E402
+from shardserve.api.kuberay import build_cluster_labels  # noqa: E402
 from shardserve_operator import naming  # noqa: E402
 from shardserve_operator.main import build_kopf_settings  # noqa: E402
 from shardserve_operator.settings import LeaderElection  # noqa: E402

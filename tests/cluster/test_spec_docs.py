@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shardserve.crd import build_crd
-from shardserve.spec_docs import COMMAND, render_spec_docs
+from shardserve.api.crd import build_crd
+from shardserve.api.spec_docs import COMMAND, render_spec_docs
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "spec.md"
@@ -41,7 +41,7 @@ def test_every_spec_field_and_cel_rule_is_on_the_page():
 def test_check_flags_a_stale_page(tmp_path):
     stale = tmp_path / "spec.md"
     stale.write_text(render_spec_docs().replace("maxReplicas", "maxreplicas"))
-    cli = [sys.executable, "-m", "shardserve.spec_docs"]
+    cli = [sys.executable, "-m", "shardserve.api.spec_docs"]
     checked = subprocess.run(cli + ["--check", str(DOC), "--check", str(stale)],
                              check=False, capture_output=True, text=True, timeout=60)
     assert checked.returncode == 1

@@ -19,9 +19,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Optional
 
-from shardserve.placement import Placement, placement_for
-from shardserve.spec import ModelDeployment
-from shardserve.validation import SpecError, load_file, parse_deployment
+from shardserve.api.placement import Placement, placement_for
+from shardserve.api.spec import ModelDeployment
+from shardserve.api.validation import SpecError, load_file, parse_deployment
 from shardserve_operator.render import RenderOptions, render_children
 
 ROOT = Path(__file__).resolve().parents[2]

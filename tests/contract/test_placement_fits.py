@@ -30,8 +30,8 @@ from ray.llm._internal.serve.core.server.llm_server import _merge_replica_actor_
 from ray.serve._private.config import ReplicaConfig
 from ray.serve.llm import LLMConfig
 
-from shardserve.builder import build_llm_config
-from shardserve.server import ShardserveServer
+from shardserve.serve.llm_config import build_llm_config
+from shardserve.serve.replica import ShardserveServer
 from tests.contract.kuberay import build_raycluster, worker_groups
 from tests.contract.specs import BUILTIN_DIR, SPEC_IDS, SPECS, rendered_rayservice, replica_counts
 from tests.contract.test_autoscaler_config import HEAD_NODE_TYPE, derived_or_fail, strip_declared_resources

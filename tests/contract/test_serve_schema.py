@@ -21,8 +21,8 @@ from ray._common.utils import import_attr
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
-from shardserve.app import build_app
-from shardserve.validation import SpecError
+from shardserve.api.validation import SpecError
+from shardserve.serve.app import build_app
 from tests.contract.specs import SPEC_IDS, SPECS, rendered_rayservice
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from shardserve.kuberay import (
+from shardserve.api.kuberay import (
     MIN_KUBERAY_VERSION_TEXT,
     REQUIRED_RAYSERVICE_FIELDS,
     build_cluster_labels,
@@ -19,7 +19,7 @@ from shardserve.kuberay import (
     find_cluster_names,
     read_worker_counts,
 )
-from shardserve.validation import load_file
+from shardserve.api.validation import load_file
 from shardserve_operator import naming
 from shardserve_operator.apply import build_bounds_patch
 from shardserve_operator.checks import (
@@ -140,7 +140,7 @@ def test_claims_come_from_the_rendered_pods():
     doc = {"apiVersion": "shardserve.dev/v1alpha1", "kind": "ModelDeployment", "metadata": {"name": "m"},
            "spec": {**TINY.model_dump(by_alias=True, exclude_none=True, mode="json")["spec"],
                     "model": {"id": "m", "source": "pvc://weights/llama"}}}
-    from shardserve.validation import parse_deployment
+    from shardserve.api.validation import parse_deployment
 
     (rayservice,) = [o for o in render_children(parse_deployment(doc)) if o["kind"] == "RayService"]
     assert find_claim_names(rayservice) == ["weights"]
@@ -321,8 +321,8 @@ def test_held_back_reconciles_are_counted_by_cause():
 # ---------------------------------------------------------------- review #25: Helm never upgrades CRDs
 
 def test_a_stale_modeldeployment_crd_names_the_fields_it_would_prune():
-    from shardserve.crd import build_crd
-    from shardserve.spec import API_VERSION
+    from shardserve.api.crd import build_crd
+    from shardserve.api.spec import API_VERSION
     from shardserve_operator.checks import compute_stale_crd_fields
 
     current = build_crd()

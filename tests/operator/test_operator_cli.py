@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from operator_harness import eventually, tiny_document
+from shardserve.api.validation import load_file
 from shardserve.cli import main as cli_main
-from shardserve.validation import load_file
 from shardserve_operator.render import render_children
 
 ROOT = Path(__file__).resolve().parents[2]

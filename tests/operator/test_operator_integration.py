@@ -21,7 +21,7 @@ from operator_harness import (
     start_operator,
     tiny_document,
 )
-from shardserve.validation import parse_deployment
+from shardserve.api.validation import parse_deployment
 from shardserve_operator import naming
 from shardserve_operator.render import read_hash, render_children
 from shardserve_operator.status import CONDITION_TYPES

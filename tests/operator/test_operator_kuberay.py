@@ -17,7 +17,7 @@ import kmock
 import pytest
 
 from operator_harness import MD_PATH, RS_PATH, eventually, operator_settings, start_operator, tiny_document
-from shardserve.kuberay import MIN_KUBERAY_VERSION_TEXT, build_cluster_labels
+from shardserve.api.kuberay import MIN_KUBERAY_VERSION_TEXT, build_cluster_labels
 from test_operator_integration import converged, ready_status, settled
 
 pytestmark = pytest.mark.asyncio

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from shardserve.spec import ModelDeploymentStatus
-from shardserve.validation import load_file
+from shardserve.api.spec import ModelDeploymentStatus
+from shardserve.api.validation import load_file
 from shardserve_operator.status import (
     ApplyOutcome,
     Notice,

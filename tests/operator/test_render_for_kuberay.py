@@ -9,11 +9,11 @@ import pytest
 import yaml
 from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
 
-from shardserve.builder import build_proxy_timeout
-from shardserve.gpu_products import GPU_PRODUCT_LABEL, GPU_PRODUCTS
-from shardserve.kuberay import strip_hash_ignored
-from shardserve.spec import GpuType
-from shardserve.validation import load_file, parse_deployment
+from shardserve.api.gpu_products import GPU_PRODUCT_LABEL, GPU_PRODUCTS
+from shardserve.api.kuberay import strip_hash_ignored
+from shardserve.api.spec import GpuType
+from shardserve.api.validation import load_file, parse_deployment
+from shardserve.serve.llm_config import build_proxy_timeout
 from shardserve_operator.render import RenderOptions, is_paused, render_children
 from shardserve_operator.render.rayservice import ANNOTATION_HTTP_OPTIONS, CACHE_MOUNT, CACHE_VOLUME
 from tests.operator.test_operator_render import CASES, by_kind

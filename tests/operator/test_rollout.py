@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from shardserve.kuberay import RESERVED_PORTS
-from shardserve.validation import load_file, parse_deployment
+from shardserve.api.kuberay import RESERVED_PORTS
+from shardserve.api.validation import load_file, parse_deployment
 from shardserve_operator.render import RenderOptions
 from shardserve_operator.render.rollout import (
     KUBERAY_VERSIONS,

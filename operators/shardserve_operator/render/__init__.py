@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import yaml
 
-from shardserve.spec import ModelDeployment
+from shardserve.api.spec import ModelDeployment
 from shardserve_operator import naming
 from shardserve_operator.render.ingress import build_ingress
 from shardserve_operator.render.options import RenderOptions

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from shardserve.spec import ModelDeployment
+from shardserve.api.spec import ModelDeployment
 from shardserve_operator import naming
 
 

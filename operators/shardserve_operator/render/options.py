@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardserve.gpu_products import GPU_PRODUCT_LABEL
+from shardserve.api.gpu_products import GPU_PRODUCT_LABEL
 
 # The Ray release the runtime pins (pyproject: ray[serve]==2.60.0); KubeRay
 # uses rayVersion to pick Ray-version-specific behaviour (probes, autoscaler).

@@ -15,8 +15,11 @@ from typing import Any, Optional
 
 import yaml
 
-from shardserve.api_keys import KEYS_FILE_ENV
-from shardserve.builder import (
+from shardserve.api.gpu_products import build_gpu_affinity
+from shardserve.api.placement import Placement, placement_for
+from shardserve.api.spec import ModelDeployment
+from shardserve.serve.http.api_keys import KEYS_FILE_ENV
+from shardserve.serve.llm_config import (
     APP_IMPORT_PATH,
     LLM_DEPLOYMENT,
     PVC_MOUNT_ROOT,
@@ -25,10 +28,7 @@ from shardserve.builder import (
     build_proxy_timeout,
     parse_quantity,
 )
-from shardserve.gpu_products import build_gpu_affinity
-from shardserve.placement import Placement, placement_for
-from shardserve.spec import ModelDeployment
-from shardserve.tracing import build_tracing_env, compute_tracing_settings
+from shardserve.serve.telemetry.tracing import build_tracing_env, compute_tracing_settings
 from shardserve_operator import naming
 from shardserve_operator.render.options import RenderOptions
 
@@ -69,7 +69,7 @@ ANNOTATION_HTTP_OPTIONS = "shardserve.dev/serve-http-options"
 ANNOTATION_TOLERATIONS = "shardserve.dev/tolerations"
 # The serving.apiKeySecret, mounted read-only: one file per key. The kubelet
 # updates the files in place when the Secret changes, and the ingress re-reads
-# them (shardserve.api_keys), so keys rotate without a restart.
+# them (shardserve.serve.http.api_keys), so keys rotate without a restart.
 API_KEYS_VOLUME = "api-keys"
 API_KEYS_MOUNT = "/etc/shardserve/api-keys"
 # KubeRay's default head ports; "serve" is the name KubeRay looks for, both for

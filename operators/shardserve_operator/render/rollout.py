@@ -28,7 +28,7 @@ compares what KubeRay, Ray Serve and the operator each do with the difference:
                         Serve replaces every replica in a rolling update on the
                         same pods, and each new replica loads the weights again.
   Cost.NEW_CLUSTER      the RayCluster spec as KubeRay hashes it changes
-                        (shardserve.kuberay.strip_hash_ignored): with
+                        (shardserve.api.kuberay.strip_hash_ignored): with
                         upgradeStrategy NewCluster KubeRay starts a second
                         RayCluster of the same size, switches traffic once it
                         serves, and deletes the old one after
@@ -59,8 +59,8 @@ from typing import Any, Optional
 
 import yaml
 
-from shardserve.kuberay import HASH_IGNORED_WORKER_FIELDS, strip_hash_ignored
-from shardserve.spec import ModelDeployment
+from shardserve.api.kuberay import HASH_IGNORED_WORKER_FIELDS, strip_hash_ignored
+from shardserve.api.spec import ModelDeployment
 from shardserve_operator import naming
 from shardserve_operator.render import is_paused, render_children
 from shardserve_operator.render.options import RenderOptions

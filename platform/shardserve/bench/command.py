@@ -142,9 +142,9 @@ async def _run_levels(args: argparse.Namespace, goodput: dict[str, float]) -> tu
 
 
 def _run_compare(args: argparse.Namespace) -> int:
+    from shardserve.api.validation import SpecError, load_file
     from shardserve.bench.compare import CompareConfig, format_summary, run_compare
     from shardserve.bench.servers import stop_servers_on_sigterm
-    from shardserve.validation import SpecError, load_file
 
     try:
         md = load_file(str(args.compare))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from shardserve.api.spec import ModelDeployment
 from shardserve.bench.client import Api, Endpoint
 from shardserve.bench.runner import LoadConfig, open_client, run_load
 from shardserve.bench.servers import (
@@ -25,7 +26,6 @@ from shardserve.bench.servers import (
     free_port,
 )
 from shardserve.bench.workload import iter_random_requests
-from shardserve.spec import ModelDeployment
 
 BARE, SHARDSERVE = "vllm", "shardserve"
 
@@ -112,7 +112,7 @@ async def measure_levels(server: ServerProcess, model: str, config: CompareConfi
 def _model_path(md: ModelDeployment) -> Optional[str]:
     if md.spec.model.scheme != "builtin":
         return None
-    from shardserve.models import ensure_builtin_model
+    from shardserve.builtin.tiny import ensure_builtin_model
 
     return str(ensure_builtin_model(md.spec.model.location))
 

@@ -20,9 +20,9 @@ from typing import Any, Optional
 
 import httpx
 
-from shardserve.builder import build_engine_kwargs, build_llm_config, resolve_model_source
-from shardserve.placement import placement_for
-from shardserve.spec import ModelDeployment
+from shardserve.api.placement import placement_for
+from shardserve.api.spec import ModelDeployment
+from shardserve.serve.llm_config import build_engine_kwargs, build_llm_config, resolve_model_source
 
 READY_TIMEOUT_S = 900.0
 STOP_TIMEOUT_S = 120.0

@@ -28,11 +28,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from shardserve.api_keys import KeyStore, bearer_token, key_matches, keys_configured
-from shardserve.errors import clean_engine_message, describe_validation_errors, openai_error
-from shardserve.in_process import InProcessHandle
-from shardserve.request_checks import RequestLimits, find_invalid_unicode, find_limit_violation
-from shardserve.request_lifetime import (
+from shardserve.serve.http.api_keys import KeyStore, bearer_token, key_matches, keys_configured
+from shardserve.serve.http.errors import clean_engine_message, describe_validation_errors, openai_error
+from shardserve.serve.http.in_process import InProcessHandle
+from shardserve.serve.http.limits import RequestLimits, find_invalid_unicode, find_limit_violation
+from shardserve.serve.http.request_lifetime import (
     TrackedHandle,
     cancel_calls,
     finish_calls,
@@ -40,8 +40,8 @@ from shardserve.request_lifetime import (
     timeout_message,
     tracking_calls,
 )
-from shardserve.request_metrics import record_rejected
-from shardserve.request_spans import trace_ingress_call
+from shardserve.serve.telemetry.metrics import record_rejected
+from shardserve.serve.telemetry.spans import trace_ingress_call
 
 logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT_S = 5.0

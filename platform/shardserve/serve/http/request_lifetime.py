@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Optional
 
-from shardserve.errors import INTERNAL_MESSAGE, openai_error
+from shardserve.serve.http.errors import INTERNAL_MESSAGE, openai_error
 
 logger = logging.getLogger(__name__)
 

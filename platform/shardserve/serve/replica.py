@@ -21,11 +21,11 @@ from typing import Any, Optional, TypeVar
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.batcher import Batcher
 
-from shardserve.autoscaling import RUNNING, WAITING
-from shardserve.cold_start import ColdStart
-from shardserve.request_checks import RequestLimits
-from shardserve.request_spans import trace_replica_call
-from shardserve.tracing import ENV_TRACES_ENDPOINT, tracing_enabled
+from shardserve.serve.autoscaling.policy import RUNNING, WAITING
+from shardserve.serve.http.limits import RequestLimits
+from shardserve.serve.telemetry.cold_start import ColdStart
+from shardserve.serve.telemetry.spans import trace_replica_call
+from shardserve.serve.telemetry.tracing import ENV_TRACES_ENDPOINT, tracing_enabled
 
 T = TypeVar("T")
 
@@ -54,7 +54,7 @@ class ShardserveServer(LLMServer):
         """The HTTP app Serve runs in this replica (after the engine started)."""
         from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
 
-        from shardserve.ingress import build_ingress_app
+        from shardserve.serve.http.ingress import build_ingress_app
 
         model_id = self._llm_config.model_id
         return build_ingress_app(self, model_id, to_model_metadata(model_id, self._llm_config),
@@ -62,7 +62,7 @@ class ShardserveServer(LLMServer):
 
     async def start(self) -> None:
         if getattr(self, "_builtin_model", None):
-            from shardserve.models import ensure_builtin_model
+            from shardserve.builtin.tiny import ensure_builtin_model
 
             path = await asyncio.to_thread(ensure_builtin_model, self._builtin_model)
             logger.info("builtin model %s ready at %s", self._builtin_model, path)
@@ -83,7 +83,7 @@ class ShardserveServer(LLMServer):
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The engine's queue, pushed by Serve to the autoscaling policy."""
-        from shardserve.engine_stats import read_queue
+        from shardserve.serve.autoscaling.engine_queue import read_queue
 
         queue = read_queue()
         return {WAITING: float(queue.waiting), RUNNING: float(queue.running)}

@@ -13,7 +13,7 @@ from typing import Any, Literal, Optional
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
-from shardserve.kuberay import find_reserved_port
+from shardserve.api.kuberay import find_reserved_port
 
 API_GROUP = "shardserve.dev"
 API_VERSION = "v1alpha1"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from shardserve.spec import ModelDeploymentSpec
+from shardserve.api.spec import ModelDeploymentSpec
 
 CPU = "cpu"
 

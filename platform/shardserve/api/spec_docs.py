@@ -3,8 +3,8 @@
 The CRD is generated from spec.py (crd.py), so this page and the API server's
 schema say the same thing. Regenerate after changing spec.py:
 
-    python -m shardserve.spec_docs -o docs/spec.md
-    python -m shardserve.spec_docs --check docs/spec.md   # exit 1 when stale
+    python -m shardserve.api.spec_docs -o docs/spec.md
+    python -m shardserve.api.spec_docs --check docs/spec.md   # exit 1 when stale
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from shardserve.crd import build_crd
+from shardserve.api.crd import build_crd
 
-COMMAND = "python -m shardserve.spec_docs -o docs/spec.md"
+COMMAND = "python -m shardserve.api.spec_docs -o docs/spec.md"
 
 
 def _cell(text: str) -> str:
@@ -111,7 +111,7 @@ def render_spec_docs() -> str:
         (f"`apiVersion: {crd['spec']['group']}/{version['name']}`, `kind: {names['kind']}`"
          f" (short name `{', '.join(names.get('shortNames', []))}`). {_cell(root.get('description', ''))}"),
         "",
-        ("Every field and its description come from `platform/shardserve/spec.py`, through the CRD"
+        ("Every field and its description come from `platform/shardserve/api/spec.py`, through the CRD"
          " (`shardserve crd`). `shardserve validate FILE` checks a file without running it."),
         "",
     ]
@@ -130,7 +130,7 @@ def render_spec_docs() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shardserve.spec_docs", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m shardserve.api.spec_docs", description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", action="append", default=[], help="write the page here (repeatable)")
     parser.add_argument("--check", action="append", default=[], help="exit 1 if this file is not a fresh generation")
     args = parser.parse_args(argv)

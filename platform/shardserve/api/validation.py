@@ -14,9 +14,9 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from shardserve.engine_args import check_engine_args
-from shardserve.placement import PlacementError, check_model_shape, placement_for
-from shardserve.spec import ModelDeployment
+from shardserve.api.engine_args import check_engine_args
+from shardserve.api.placement import PlacementError, check_model_shape, placement_for
+from shardserve.api.spec import ModelDeployment
 
 _PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
 
@@ -55,7 +55,7 @@ def model_config_for(md: ModelDeployment) -> Optional[dict[str, Any]]:
     """The model's config.json when it can be read without downloading."""
     model = md.spec.model
     if model.scheme == "builtin":
-        from shardserve.models import TINY_CONFIG
+        from shardserve.builtin.tiny import TINY_CONFIG
 
         return TINY_CONFIG
     if model.scheme == "file":

@@ -37,9 +37,9 @@ from typing import Any, Optional
 
 from ray.llm._internal.common.callbacks.base import CallbackBase
 
-from shardserve.autoscaling import KV_NAMESPACE
-from shardserve.tracing import get_tracer, tracing_enabled
-from shardserve.weight_load import WEIGHT_LOAD_FILE_ENV, read_weight_load
+from shardserve.serve.autoscaling.policy import KV_NAMESPACE
+from shardserve.serve.telemetry.tracing import get_tracer, tracing_enabled
+from shardserve.serve.telemetry.weight_load import WEIGHT_LOAD_FILE_ENV, read_weight_load
 
 logger = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional, TextIO
 
-from shardserve.builder import RAY_SERVE_ENV, build_proxy_timeout
-from shardserve.placement import placement_for
-from shardserve.spec import ModelDeployment
+from shardserve.api.placement import placement_for
+from shardserve.api.spec import ModelDeployment
+from shardserve.serve.llm_config import RAY_SERVE_ENV, build_proxy_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def run_local(
     import ray
     from ray import serve
 
-    from shardserve.app import build_application
+    from shardserve.serve.app import build_application
 
     started = time.monotonic()
     port = options.port or md.spec.serving.port
@@ -120,7 +120,7 @@ def run_local(
     num_cpus = options.num_cpus or max(MIN_LOGICAL_CPUS, (world + 1) * replicas + 3)
     name = md.metadata.name
 
-    from shardserve.api_keys import KEYS_ENV, KEYS_FILE_ENV, keys_configured
+    from shardserve.serve.http.api_keys import KEYS_ENV, KEYS_FILE_ENV, keys_configured
 
     if md.spec.serving.api_key_secret and not keys_configured():
         print(f"shardserve: error: spec.serving.apiKeySecret is set; locally the keys come from "
@@ -181,7 +181,7 @@ def run_local(
 
 def _apply_tracing_env(md: ModelDeployment, out: TextIO) -> None:
     """Tracing settings into this process's environment, which every Ray process inherits."""
-    from shardserve.tracing import build_tracing_env, compute_tracing_settings
+    from shardserve.serve.telemetry.tracing import build_tracing_env, compute_tracing_settings
 
     settings = compute_tracing_settings(md.spec.telemetry, os.environ)
     os.environ.update(build_tracing_env(settings))

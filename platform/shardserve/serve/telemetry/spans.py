@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from shardserve.tracing import get_tracer, tracing_enabled
+from shardserve.serve.telemetry.tracing import get_tracer, tracing_enabled
 
 OPERATIONS = {"chat": "chat", "completions": "text_completion"}
 REPLICA_ATTRIBUTE = "shardserve.replica"

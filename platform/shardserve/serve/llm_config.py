@@ -9,18 +9,18 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
-from shardserve.autoscaling import build_autoscaling_config
-from shardserve.placement import Placement, cpu_threads_bind, placement_for
-from shardserve.spec import ModelDeployment, ModelSpec
+from shardserve.api.placement import Placement, cpu_threads_bind, placement_for
+from shardserve.api.spec import ModelDeployment, ModelSpec
+from shardserve.serve.autoscaling.policy import build_autoscaling_config
 
 # The Serve application builder, for `shardserve run` and serveConfigV2 alike.
 APP_IMPORT_PATH = "shardserve.app:build_app"
 # Where the operator mounts a pvc:// claim inside Ray pods.
 PVC_MOUNT_ROOT = "/mnt/models"
 LLM_DEPLOYMENT = "llm"
-SERVER_CLS = "shardserve.server:ShardserveServer"
+SERVER_CLS = "shardserve.serve.replica:ShardserveServer"
 # Marks the end of the model download in a replica's start (cold_start.py).
-COLD_START_CALLBACK = "shardserve.cold_start:ColdStartCallback"
+COLD_START_CALLBACK = "shardserve.serve.telemetry.cold_start:ColdStartCallback"
 # A stream's outputs after the first are sent in batches this often (Ray Serve
 # LLM's default); the replica sends the first at once (server.first_then_batched).
 STREAM_BATCHING_INTERVAL_MS = 50

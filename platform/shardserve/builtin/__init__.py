@@ -1,0 +1,1 @@
+"""The builtin tiny model (`builtin://tiny`), built on the fly for tests and demos."""

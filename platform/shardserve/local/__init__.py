@@ -1,0 +1,1 @@
+"""`shardserve run` and `shardserve status`: the same spec on one machine."""

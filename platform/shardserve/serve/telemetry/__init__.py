@@ -1,0 +1,1 @@
+"""Traces, metrics and cold-start timing from inside the replica."""
