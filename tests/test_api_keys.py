@@ -7,15 +7,8 @@ import pytest
 from fastapi import Request
 from fastapi.testclient import TestClient
 
-from shardserve.serve.http.api_keys import (
-    KEYS_ENV,
-    KEYS_FILE_ENV,
-    KeyStore,
-    bearer_token,
-    key_matches,
-    keys_configured,
-    parse_keys,
-)
+from shardserve.api.contract import KEYS_ENV, KEYS_FILE_ENV
+from shardserve.serve.http.api_keys import KeyStore, bearer_token, key_matches, keys_configured, parse_keys
 
 
 class Clock:

@@ -3,13 +3,8 @@ scale to zero and back."""
 
 from dataclasses import replace
 
-from shardserve.serve.autoscaling.policy import (
-    QueueDepthPolicy,
-    ScalingBounds,
-    ScalingInputs,
-    build_autoscaling_config,
-    compute_scaling,
-)
+from shardserve.api.serve_options import build_autoscaling_config
+from shardserve.serve.autoscaling.policy import QueueDepthPolicy, ScalingBounds, ScalingInputs, compute_scaling
 
 BOUNDS = ScalingBounds(min_replicas=1, max_replicas=4, target_queue_depth=4, replica_capacity=16,
                        upscale_delay_s=5, downscale_delay_s=30)

@@ -5,14 +5,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shardserve.api.contract import PVC_MOUNT_ROOT
+from shardserve.api.quantity import parse_quantity
 from shardserve.api.validation import parse_deployment
-from shardserve.serve.llm_config import (
-    PVC_MOUNT_ROOT,
-    STREAM_BATCHING_INTERVAL_MS,
-    build_llm_config,
-    parse_quantity,
-    resolve_model_source,
-)
+from shardserve.serve.llm_config import STREAM_BATCHING_INTERVAL_MS, build_llm_config, resolve_model_source
 
 TINY = Path(__file__).resolve().parents[1] / "manifests" / "examples" / "tiny-cpu.yaml"
 

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from shardserve.api.contract import WEIGHT_LOAD_FILE_ENV
 from shardserve.local.status import build_status_row, format_status
 from shardserve.serve.telemetry import cold_start as cold_start_module
 from shardserve.serve.telemetry.cold_start import (
@@ -17,12 +18,7 @@ from shardserve.serve.telemetry.cold_start import (
     compute_phases,
     format_phases,
 )
-from shardserve.serve.telemetry.weight_load import (
-    WEIGHT_LOAD_FILE_ENV,
-    append_weight_load,
-    read_weight_load,
-    record_weight_load,
-)
+from shardserve.serve.telemetry.weight_load import append_weight_load, read_weight_load, record_weight_load
 
 
 def test_phases_are_consecutive_and_add_up():

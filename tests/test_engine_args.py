@@ -2,7 +2,8 @@
 
 import json
 
-from shardserve.api.engine_args import CATALOG_PATH, build_catalog, check_engine_args
+from shardserve.api.engine_args import CATALOG_PATH, check_engine_args
+from shardserve.serve.engine_catalog import build_catalog
 
 
 def test_catalog_matches_installed_vllm():

@@ -6,16 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from shardserve.api.contract import SPAN_PROCESSORS_IMPORT_PATH
 from shardserve.api.spec import TelemetrySpec
+from shardserve.api.tracing_env import TracingSettings, build_tracing_env, compute_tracing_settings, traces_url
 from shardserve.api.validation import SpecError, load_file, parse_deployment
-from shardserve.serve.telemetry.tracing import (
-    SPAN_PROCESSORS_IMPORT_PATH,
-    TracingSettings,
-    build_tracing_env,
-    compute_tracing_settings,
-    otlp_span_processors,
-    traces_url,
-)
+from shardserve.serve.telemetry.tracing import otlp_span_processors
 
 ROOT = Path(__file__).resolve().parents[1]
 

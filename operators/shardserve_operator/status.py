@@ -66,10 +66,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Optional
 
+from shardserve.api.contract import LLM_DEPLOYMENT
 from shardserve.api.kuberay import compute_rollout_done, find_cluster_names, read_worker_counts
 from shardserve.api.placement import placement_for
 from shardserve.api.spec import ModelDeployment, ModelDeploymentStatus
-from shardserve.serve.llm_config import LLM_DEPLOYMENT
 from shardserve_operator import naming
 
 SPEC_VALID = "SpecValid"

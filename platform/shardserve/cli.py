@@ -67,7 +67,8 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_engine_args(args: argparse.Namespace) -> int:
-    from shardserve.api.engine_args import CATALOG_PATH, build_catalog
+    from shardserve.api.engine_args import CATALOG_PATH
+    from shardserve.serve.engine_catalog import build_catalog
 
     fresh = json.dumps(build_catalog(), indent=1, sort_keys=True) + "\n"
     if args.write:

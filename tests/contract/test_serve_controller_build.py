@@ -18,7 +18,7 @@ from ray.serve._private.application_state import build_serve_application, overri
 from ray.serve._private.deploy_utils import deploy_args_to_deployment_info, get_app_code_version
 from ray.serve.schema import LoggingConfig, ServeDeploySchema
 
-from shardserve.serve.llm_config import LLM_DEPLOYMENT
+from shardserve.api.contract import LLM_DEPLOYMENT
 from tests.contract.specs import GPU_SPEC_IDS, SPECS, placement
 from tests.contract.test_serve_schema import serve_config_as_kuberay_sends_it
 

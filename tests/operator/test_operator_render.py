@@ -18,10 +18,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from shardserve.api.contract import PVC_MOUNT_ROOT
 from shardserve.api.kuberay import build_head_service_ports, check_group_resources, find_duplicate_ports
 from shardserve.api.placement import placement_for
+from shardserve.api.serve_options import PROXY_TIMEOUT_MARGIN_S
 from shardserve.api.validation import load_file, parse_deployment
-from shardserve.serve.llm_config import PROXY_TIMEOUT_MARGIN_S, PVC_MOUNT_ROOT, build_llm_config
+from shardserve.serve.llm_config import build_llm_config
 from shardserve_operator import naming
 from shardserve_operator.render import RenderOptions, compute_hash, read_hash, render_children, render_yaml
 from shardserve_operator.render.rayservice import APP_IMPORT_PATH, HEAD_PORTS
@@ -175,7 +177,7 @@ def test_pvc_source_is_mounted_read_only_where_the_builder_looks():
 
 
 def test_api_key_secret_is_mounted_read_only_in_every_ray_pod_and_named_by_env():
-    from shardserve.serve.http.api_keys import KEYS_FILE_ENV
+    from shardserve.api.contract import KEYS_FILE_ENV
 
     rayservice = by_kind(render_case("llama-70b-tp4-pp2"))["RayService"]
     cluster = rayservice["spec"]["rayClusterConfig"]

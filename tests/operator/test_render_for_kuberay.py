@@ -11,9 +11,9 @@ from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
 
 from shardserve.api.gpu_products import GPU_PRODUCT_LABEL, GPU_PRODUCTS
 from shardserve.api.kuberay import strip_hash_ignored
+from shardserve.api.serve_options import build_proxy_timeout
 from shardserve.api.spec import GpuType
 from shardserve.api.validation import load_file, parse_deployment
-from shardserve.serve.llm_config import build_proxy_timeout
 from shardserve_operator.render import RenderOptions, is_paused, render_children
 from shardserve_operator.render.rayservice import ANNOTATION_HTTP_OPTIONS, CACHE_MOUNT, CACHE_VOLUME
 from tests.operator.test_operator_render import CASES, by_kind

@@ -15,20 +15,13 @@ from typing import Any, Optional
 
 import yaml
 
+from shardserve.api.contract import APP_IMPORT_PATH, KEYS_FILE_ENV, LLM_DEPLOYMENT, PVC_MOUNT_ROOT, RAY_SERVE_ENV
 from shardserve.api.gpu_products import build_gpu_affinity
 from shardserve.api.placement import Placement, placement_for
+from shardserve.api.quantity import parse_quantity
+from shardserve.api.serve_options import build_deployment_config, build_proxy_timeout
 from shardserve.api.spec import ModelDeployment
-from shardserve.serve.http.api_keys import KEYS_FILE_ENV
-from shardserve.serve.llm_config import (
-    APP_IMPORT_PATH,
-    LLM_DEPLOYMENT,
-    PVC_MOUNT_ROOT,
-    RAY_SERVE_ENV,
-    build_deployment_config,
-    build_proxy_timeout,
-    parse_quantity,
-)
-from shardserve.serve.telemetry.tracing import build_tracing_env, compute_tracing_settings
+from shardserve.api.tracing_env import build_tracing_env, compute_tracing_settings
 from shardserve_operator import naming
 from shardserve_operator.render.options import RenderOptions
 

@@ -23,9 +23,9 @@ import yaml
 from pydantic import BaseModel
 
 from shardserve.api.kuberay import RESERVED_PORTS, PortRange
+from shardserve.api.quantity import QUANTITY
 from shardserve.api.spec import (
     _DNS_LABEL,
-    _QUANTITY,
     API_GROUP,
     API_VERSION,
     BUILTIN_MODELS,
@@ -138,10 +138,10 @@ RULES: dict[tuple[str, ...], tuple[Rule, ...]] = {
 # What spec.py's field validators check on single strings, as patterns.
 PATTERNS: dict[tuple[str, ...], str] = {
     ("spec", "model", "source"): SOURCE_PATTERN,
-    ("spec", "model", "cacheSize"): _QUANTITY.pattern,
-    ("spec", "engine", "kvCacheMemory"): _QUANTITY.pattern,
-    ("spec", "resources", "cpu"): _QUANTITY.pattern,
-    ("spec", "resources", "memory"): _QUANTITY.pattern,
+    ("spec", "model", "cacheSize"): QUANTITY.pattern,
+    ("spec", "engine", "kvCacheMemory"): QUANTITY.pattern,
+    ("spec", "resources", "cpu"): QUANTITY.pattern,
+    ("spec", "resources", "memory"): QUANTITY.pattern,
 }
 
 # Lists of conditions are maps keyed by type (one entry per type, merged by key).

@@ -2,17 +2,14 @@
 
 Importing vLLM takes seconds and the operator image has no vLLM, so the
 argument names and simple types live in `engine_args.json`, generated from the
-installed vLLM by `build_catalog()` (`shardserve engine-args --write`); a test
+installed vLLM (`shardserve engine-args --write`, serve/engine_catalog.py); a test
 fails when it drifts from the installed release.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
-import types
-import typing
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -37,37 +34,6 @@ RESERVED = {
     "enforce_eager": "spec.engine.enforceEager",
     "seed": "spec.engine.seed",
 }
-
-_SIMPLE = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
-
-
-def _kind(annotation: Any) -> Any:
-    """Reduce a type annotation to what a YAML value can be checked against."""
-    if isinstance(annotation, str):
-        return "any"
-    origin = typing.get_origin(annotation)
-    if annotation in _SIMPLE:
-        return _SIMPLE[annotation]
-    if origin is typing.Literal:
-        return {"choices": list(typing.get_args(annotation))}
-    if origin in (list, tuple, set):
-        return "list"
-    if origin is dict:
-        return "dict"
-    if origin in (typing.Union, types.UnionType):
-        kinds = [_kind(a) for a in typing.get_args(annotation) if a is not type(None)]
-        return kinds[0] if len(kinds) == 1 else "any"
-    return "any"
-
-
-def build_catalog() -> dict[str, Any]:
-    """Reads the installed vLLM's AsyncEngineArgs (imports vLLM: slow)."""
-    from vllm import __version__
-    from vllm.engine.arg_utils import AsyncEngineArgs
-
-    args = {f.name: _kind(f.type) for f in dataclasses.fields(AsyncEngineArgs)}
-    return {"vllm_version": __version__, "args": dict(sorted(args.items()))}
-
 
 @lru_cache(maxsize=1)
 def load_catalog() -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validat
 from pydantic.alias_generators import to_camel
 
 from shardserve.api.kuberay import find_reserved_port
+from shardserve.api.quantity import check_quantity
 
 API_GROUP = "shardserve.dev"
 API_VERSION = "v1alpha1"
@@ -25,7 +26,6 @@ BUILTIN_MODELS = ("tiny",)
 # suffixes to the ModelDeployment's name; Kubernetes caps labels at 63.
 MAX_NAME_LENGTH = 40
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
 
 
 class _Model(BaseModel):
@@ -35,12 +35,6 @@ class _Model(BaseModel):
         populate_by_name=True,
         validate_default=True,
     )
-
-
-def _check_quantity(value: Optional[str]) -> Optional[str]:
-    if value is not None and not _QUANTITY.match(value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. '4', '500m', '16Gi')")
-    return value
 
 
 class ModelSpec(_Model):
@@ -90,7 +84,7 @@ class ModelSpec(_Model):
     @field_validator("cache_size")
     @classmethod
     def _cache_quantity(cls, value: Optional[str]) -> Optional[str]:
-        return _check_quantity(value)
+        return check_quantity(value)
 
     @property
     def scheme(self) -> str:
@@ -134,7 +128,7 @@ class EngineSpec(_Model):
     @field_validator("kv_cache_memory")
     @classmethod
     def _kv_quantity(cls, value: Optional[str]) -> Optional[str]:
-        return _check_quantity(value)
+        return check_quantity(value)
 
 
 class ParallelismSpec(_Model):
@@ -179,7 +173,7 @@ class ResourcesSpec(_Model):
     @field_validator("cpu", "memory")
     @classmethod
     def _quantities(cls, value: Optional[str]) -> Optional[str]:
-        return _check_quantity(value)
+        return check_quantity(value)
 
     @model_validator(mode="after")
     def _type_needs_gpu(self) -> ResourcesSpec:

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional, TextIO
 
+from shardserve.api.contract import RAY_SERVE_ENV
 from shardserve.api.placement import placement_for
+from shardserve.api.serve_options import build_proxy_timeout
 from shardserve.api.spec import ModelDeployment
-from shardserve.serve.llm_config import RAY_SERVE_ENV, build_proxy_timeout
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def run_local(
     num_cpus = options.num_cpus or max(MIN_LOGICAL_CPUS, (world + 1) * replicas + 3)
     name = md.metadata.name
 
-    from shardserve.serve.http.api_keys import KEYS_ENV, KEYS_FILE_ENV, keys_configured
+    from shardserve.api.contract import KEYS_ENV, KEYS_FILE_ENV
+    from shardserve.serve.http.api_keys import keys_configured
 
     if md.spec.serving.api_key_secret and not keys_configured():
         print(f"shardserve: error: spec.serving.apiKeySecret is set; locally the keys come from "
@@ -181,7 +183,7 @@ def run_local(
 
 def _apply_tracing_env(md: ModelDeployment, out: TextIO) -> None:
     """Tracing settings into this process's environment, which every Ray process inherits."""
-    from shardserve.serve.telemetry.tracing import build_tracing_env, compute_tracing_settings
+    from shardserve.api.tracing_env import build_tracing_env, compute_tracing_settings
 
     settings = compute_tracing_settings(md.spec.telemetry, os.environ)
     os.environ.update(build_tracing_env(settings))

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from shardserve.serve.autoscaling.policy import KV_NAMESPACE, decision_key
-from shardserve.serve.llm_config import LLM_DEPLOYMENT
-from shardserve.serve.telemetry.cold_start import cold_start_key, format_phases
+from shardserve.api.contract import KV_NAMESPACE, LLM_DEPLOYMENT, cold_start_key, decision_key
+from shardserve.serve.telemetry.cold_start import format_phases
 
 
 def read_local_status(app_filter: Optional[str] = None) -> list[dict[str, Any]]:

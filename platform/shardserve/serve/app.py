@@ -12,9 +12,10 @@ from ray import serve
 from ray.serve.deployment import Application
 from ray.serve.llm import LLMConfig, build_llm_deployment
 
+from shardserve.api.contract import LLM_DEPLOYMENT
 from shardserve.api.spec import ModelDeployment
 from shardserve.api.validation import parse_deployment
-from shardserve.serve.llm_config import LLM_DEPLOYMENT, build_llm_config
+from shardserve.serve.llm_config import build_llm_config
 
 
 def build_llm_config_for(md: ModelDeployment) -> dict[str, Any]:

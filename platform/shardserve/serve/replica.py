@@ -21,11 +21,12 @@ from typing import Any, Optional, TypeVar
 from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.batcher import Batcher
 
+from shardserve.api.tracing_env import ENV_TRACES_ENDPOINT
 from shardserve.serve.autoscaling.policy import RUNNING, WAITING
 from shardserve.serve.http.limits import RequestLimits
 from shardserve.serve.telemetry.cold_start import ColdStart
 from shardserve.serve.telemetry.spans import trace_replica_call
-from shardserve.serve.telemetry.tracing import ENV_TRACES_ENDPOINT, tracing_enabled
+from shardserve.serve.telemetry.tracing import tracing_enabled
 
 T = TypeVar("T")
 

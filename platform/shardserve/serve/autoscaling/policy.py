@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from shardserve.api.contract import KV_NAMESPACE, decision_key
+
 # Serve's own logger: its lines land in the controller log beside Serve's decisions.
 logger = logging.getLogger("ray.serve")
 
 WAITING = "waiting"
 RUNNING = "running"
-KV_NAMESPACE = "shardserve"
-POLICY_CLASS = "shardserve.autoscaling:QueueDepthPolicy"
 
 
 @dataclass(frozen=True)
@@ -195,10 +195,6 @@ def decision_kind(reason: str) -> str:
     return " ".join(w for w in (part.strip("0123456789.->") for part in reason.split()) if w)
 
 
-def decision_key(app: str, deployment: str) -> str:
-    return f"autoscaling/{app}/{deployment}"
-
-
 def build_decision_record(app: str, deployment: str, decision: ScalingDecision) -> dict[str, Any]:
     return {
         "app": app,
@@ -206,34 +202,4 @@ def build_decision_record(app: str, deployment: str, decision: ScalingDecision) 
         "desired_replicas": decision.desired_replicas,
         "reason": decision.reason,
         **{k: round(float(v)) for k, v in decision.inputs.items()},
-    }
-
-
-def build_autoscaling_config(
-    *, min_replicas: int, max_replicas: int, initial_replicas: int, target_queue_depth: float,
-    replica_capacity: int, upscale_delay_s: float, downscale_delay_s: float, look_back_period_s: float = 5.0,
-) -> dict[str, Any]:
-    """Serve's autoscaling_config running QueueDepthPolicy.
-
-    Serve's own delays are zero because the policy applies the spec's delays;
-    the look-back window is short because a queue is a fast signal.
-    """
-    return {
-        "min_replicas": min_replicas,
-        "initial_replicas": initial_replicas,
-        "max_replicas": max_replicas,
-        "upscale_delay_s": 0.0,
-        "downscale_delay_s": 0.0,
-        "look_back_period_s": look_back_period_s,
-        # How often replicas and handles push their numbers to the controller.
-        "metrics_interval_s": 1.0,
-        "policy": {
-            "policy_function": POLICY_CLASS,
-            "policy_kwargs": {
-                "target_queue_depth": target_queue_depth,
-                "replica_capacity": replica_capacity,
-                "upscale_delay_s": upscale_delay_s,
-                "downscale_delay_s": downscale_delay_s,
-            },
-        },
     }

@@ -25,13 +25,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Optional
 
+from shardserve.api.contract import KEYS_ENV, KEYS_FILE_ENV
+
 logger = logging.getLogger(__name__)
 
-KEYS_ENV = "SHARDSERVE_API_KEYS"
-KEYS_FILE_ENV = "SHARDSERVE_API_KEYS_FILE"
 RECHECK_INTERVAL_S = 1.0
 
-__all__ = ["KEYS_ENV", "KEYS_FILE_ENV", "KeyStore", "parse_keys", "bearer_token", "key_matches", "keys_configured"]
+__all__ = ["KeyStore", "parse_keys", "bearer_token", "key_matches", "keys_configured"]
 
 
 def parse_keys(text: str, *, separator: Optional[str] = None) -> tuple[str, ...]:

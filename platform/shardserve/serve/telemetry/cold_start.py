@@ -37,9 +37,9 @@ from typing import Any, Optional
 
 from ray.llm._internal.common.callbacks.base import CallbackBase
 
-from shardserve.serve.autoscaling.policy import KV_NAMESPACE
+from shardserve.api.contract import KV_NAMESPACE, WEIGHT_LOAD_FILE_ENV, cold_start_key
 from shardserve.serve.telemetry.tracing import get_tracer, tracing_enabled
-from shardserve.serve.telemetry.weight_load import WEIGHT_LOAD_FILE_ENV, read_weight_load
+from shardserve.serve.telemetry.weight_load import read_weight_load
 
 logger = logging.getLogger(__name__)
 
@@ -85,10 +85,6 @@ def format_phases(phases: dict[str, float]) -> str:
     """'model_fetch 2.1s, weight_load 6.0s, engine_start 30.2s, first_ready 0.4s (total 38.7s)'."""
     parts = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in phases.items() if name != TOTAL)
     return f"{parts} (total {phases.get(TOTAL, sum(phases.values())):.1f}s)"
-
-
-def cold_start_key(app: str, deployment: str) -> str:
-    return f"coldstart/{app}/{deployment}"
 
 
 class ColdStartCallback(CallbackBase):

@@ -17,7 +17,7 @@ import os
 import time
 from typing import Any, Optional
 
-WEIGHT_LOAD_FILE_ENV = "SHARDSERVE_WEIGHT_LOAD_FILE"
+from shardserve.api.contract import WEIGHT_LOAD_FILE_ENV
 
 
 def record_weight_load() -> None:
