@@ -87,8 +87,11 @@ def request_tree(receiver: OtlpReceiver, is_replica: Callable[[ReceivedSpan], bo
             return False
         trace = [s for s in spans if s.trace_id == replicas[0].trace_id]
         has_engine = any(s.name == "llm_request" and s.parent_id == replicas[0].span_id for s in trace)
-        has_ingress = any(s.name.startswith(("chat ", "text_completion ")) for s in ancestors(replicas[0], trace))
-        return has_engine and has_ingress
+        above = ancestors(replicas[0], trace)
+        has_ingress = any(s.name.startswith(("chat ", "text_completion ")) for s in above)
+        # Serve's own span ends after the response, so it can come in a later export batch.
+        has_serve = any(s.name.startswith("replica_handle_request") for s in above)
+        return has_engine and has_ingress and has_serve
 
     spans = receiver.wait_for(complete, SPAN_WAIT_S)
     assert complete(spans), f"request spans did not arrive: {sorted({s.name for s in spans})}"
