@@ -29,21 +29,10 @@ from kubernetes.client.exceptions import ApiException
 
 from shardserve_operator import naming
 from shardserve_operator.checks import describe_unknown_fields, find_unknown_fields
-from shardserve_operator.kube import (
-    CHILD_KINDS,
-    EVENT,
-    JSON_PATCH,
-    MERGE_PATCH,
-    MODEL_DEPLOYMENT,
-    RAYCLUSTER,
-    RAYSERVICE,
-    STRICT,
-    Kind,
-    Kube,
-    kind_of,
-)
-from shardserve_operator.observe import Observed, child_name
-from shardserve_operator.render import read_hash
+from shardserve_operator.hashing import read_hash
+from shardserve_operator.kinds import CHILD_KINDS, EVENT, MODEL_DEPLOYMENT, RAYCLUSTER, RAYSERVICE, Kind, kind_of
+from shardserve_operator.kube import JSON_PATCH, MERGE_PATCH, STRICT, Kube
+from shardserve_operator.observe import Observed
 from shardserve_operator.status import EventRecord
 
 log = logging.getLogger(__name__)
@@ -133,7 +122,7 @@ def apply_children(
     report = ApplyReport()
     rendered = {kind_of(obj): obj for obj in desired}
     for kind in CHILD_KINDS:
-        name = child_name(kind, md_name)
+        name = naming.child_name(kind, md_name)
         what = describe(kind, namespace, name)
         existing = observed.get(kind)
         want = rendered.get(kind)

@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 from kubernetes.client.exceptions import ApiException
 
-from shardserve_operator.kube import LEASE, Kube
+from shardserve_operator.kinds import LEASE
+from shardserve_operator.kube import Kube
 from shardserve_operator.settings import LeaderElection
 
 log = logging.getLogger(__name__)

@@ -23,9 +23,11 @@ import kopf
 
 from shardserve.api.spec import API_GROUP
 from shardserve_operator import naming
-from shardserve_operator.handlers import Controller, register
+from shardserve_operator.controller import Controller
+from shardserve_operator.handlers import register
 from shardserve_operator.health import Health, HealthServer, Phase
-from shardserve_operator.kube import CHILD_KINDS, WATCHED_KINDS, Kube, build_api_client
+from shardserve_operator.kinds import CHILD_KINDS, WATCHED_KINDS
+from shardserve_operator.kube import Kube, build_api_client
 from shardserve_operator.leader import LeaseElector
 from shardserve_operator.metrics import ManagedState, OperatorMetrics
 from shardserve_operator.settings import OperatorSettings, add_arguments, from_args

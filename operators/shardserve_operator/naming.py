@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
 from shardserve.api.spec import API_GROUP, API_VERSION, KIND
+from shardserve_operator.kinds import INGRESS, RAYSERVICE, SERVICE, Kind
 
 MD_API_VERSION = f"{API_GROUP}/{API_VERSION}"
 MD_PLURAL = "modeldeployments"
@@ -48,6 +49,13 @@ def service_name(md_name: str) -> str:
 
 def ingress_name(md_name: str) -> str:
     return md_name
+
+
+_NAMERS = {RAYSERVICE: rayservice_name, SERVICE: service_name, INGRESS: ingress_name}
+
+
+def child_name(kind: Kind, md_name: str) -> str:
+    return _NAMERS[kind](md_name)
 
 
 def build_labels(md_name: str, component: str) -> dict[str, str]:

@@ -9,19 +9,16 @@ from typing import Any, Optional
 from shardserve.api.kuberay import find_cluster_names
 from shardserve_operator import naming
 from shardserve_operator.checks import RAYSERVICE_CRD_NAME
-from shardserve_operator.kube import (
+from shardserve_operator.kinds import (
+    CHILD_KINDS,
     CUSTOM_RESOURCE_DEFINITION,
-    INGRESS,
     MODEL_DEPLOYMENT,
     PERSISTENT_VOLUME_CLAIM,
     RAYCLUSTER,
     RAYSERVICE,
-    SERVICE,
     Kind,
-    Kube,
 )
-
-_NAMERS = {RAYSERVICE: naming.rayservice_name, SERVICE: naming.service_name, INGRESS: naming.ingress_name}
+from shardserve_operator.kube import Kube
 
 
 @dataclass(frozen=True)
@@ -39,10 +36,6 @@ class Observed:
     @property
     def rayservice(self) -> Optional[dict[str, Any]]:
         return self.get(RAYSERVICE)
-
-
-def child_name(kind: Kind, md_name: str) -> str:
-    return _NAMERS[kind](md_name)
 
 
 def is_cluster_of(cluster: Mapping[str, Any], rayservice: Mapping[str, Any], md_name: str) -> bool:
@@ -68,7 +61,7 @@ def observe_clusters(kube: Kube, namespace: str, md_name: str,
 
 def observe_children(kube: Kube, namespace: str, md_name: str, owner_uid: Optional[str] = None) -> Observed:
     """Every child by name; with `owner_uid`, also the RayClusters of the RayService that uid controls."""
-    objects = {kind: kube.get(kind, namespace, child_name(kind, md_name)) for kind in _NAMERS}
+    objects = {kind: kube.get(kind, namespace, naming.child_name(kind, md_name)) for kind in CHILD_KINDS}
     rayservice = objects[RAYSERVICE]
     ours = rayservice if rayservice and owner_uid and naming.is_controlled_by(rayservice, owner_uid) else None
     return Observed(objects, observe_clusters(kube, namespace, md_name, ours))

@@ -11,7 +11,6 @@ announces when it is fixed.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -25,14 +24,15 @@ import kopf
 import urllib3.exceptions
 from kubernetes.client.exceptions import ApiException
 
-from shardserve.api.kuberay import read_worker_counts
 from shardserve.api.validation import SpecError, parse_deployment
 from shardserve_operator.apply import ApplyReport, KubeRayUnsupportedError, apply_children, apply_events, apply_status
 from shardserve_operator.checks import compute_claim_problem, describe_missing_fields, find_claim_names
-from shardserve_operator.kube import RAYSERVICE, Kind, Kube, kind_of, retry_after_seconds
+from shardserve_operator.hashing import cluster_fingerprint_of, fingerprint_of
+from shardserve_operator.kinds import RAYSERVICE, Kind, kind_of
+from shardserve_operator.kube import Kube, retry_after_seconds
 from shardserve_operator.naming import is_controlled_by
 from shardserve_operator.observe import Observed, find_active_cluster, observe_children, read_claim
-from shardserve_operator.render import read_hash, render_children
+from shardserve_operator.render import render_children
 from shardserve_operator.settings import OperatorSettings
 from shardserve_operator.status import (
     CLAIM_NOT_FOUND,
@@ -134,12 +134,6 @@ def retried(attempt: int, settings: OperatorSettings) -> Iterator[None]:
         if is_retriable(err):
             raise retry_later(err, attempt, settings) from err
         raise
-
-
-def compute_fingerprint(content_hash: Optional[str], status: Any) -> str:
-    """What an event about a child must differ in to be worth a reconcile."""
-    raw = json.dumps([content_hash, status], sort_keys=True, default=str)
-    return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -261,15 +255,3 @@ def reconcile(
         # Nothing announces when the name is freed; look again later.
         raise NotOwnedError("; ".join(report.not_owned), delay=settings.conflict_retry_seconds)
     return result
-
-
-def fingerprint_of(child: Mapping[str, Any]) -> str:
-    return compute_fingerprint(read_hash(dict(child)), child.get("status"))
-
-
-def cluster_fingerprint_of(cluster: Mapping[str, Any]) -> str:
-    """What a RayCluster event must differ in to be worth a reconcile: its worker bounds and counts."""
-    groups = [(g.get("groupName"), g.get("replicas"), g.get("minReplicas"), g.get("maxReplicas"))
-              for g in ((cluster.get("spec") or {}).get("workerGroupSpecs") or ())]
-    counts = read_worker_counts(cluster)
-    return compute_fingerprint(None, [groups, counts and (counts.desired, counts.ready)])

@@ -30,11 +30,12 @@ from shardserve_operator.checks import (
     find_unknown_fields,
     format_field_path,
 )
-from shardserve_operator.handlers import find_model_deployment
-from shardserve_operator.kube import RAYCLUSTER, RAYSERVICE, SERVICE
+from shardserve_operator.controller import find_model_deployment
+from shardserve_operator.hashing import cluster_fingerprint_of
+from shardserve_operator.kinds import RAYCLUSTER, RAYSERVICE, SERVICE
 from shardserve_operator.main import build_kopf_settings
 from shardserve_operator.observe import is_cluster_of
-from shardserve_operator.reconcile import HeldBackError, cluster_fingerprint_of, compute_error_reason
+from shardserve_operator.reconcile import HeldBackError, compute_error_reason
 from shardserve_operator.render import render_children
 from shardserve_operator.settings import OperatorSettings
 

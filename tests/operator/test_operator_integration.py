@@ -23,7 +23,8 @@ from operator_harness import (
 )
 from shardserve.api.validation import parse_deployment
 from shardserve_operator import naming
-from shardserve_operator.render import read_hash, render_children
+from shardserve_operator.hashing import read_hash
+from shardserve_operator.render import render_children
 from shardserve_operator.status import CONDITION_TYPES
 
 pytestmark = pytest.mark.asyncio

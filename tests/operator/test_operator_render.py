@@ -25,7 +25,8 @@ from shardserve.api.serve_options import PROXY_TIMEOUT_MARGIN_S
 from shardserve.api.validation import load_file, parse_deployment
 from shardserve.serve.llm_config import build_llm_config
 from shardserve_operator import naming
-from shardserve_operator.render import RenderOptions, compute_hash, read_hash, render_children, render_yaml
+from shardserve_operator.hashing import compute_hash, read_hash
+from shardserve_operator.render import RenderOptions, render_children, render_yaml
 from shardserve_operator.render.rayservice import APP_IMPORT_PATH, HEAD_PORTS
 
 HERE = Path(__file__).resolve().parent

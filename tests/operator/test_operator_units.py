@@ -12,7 +12,8 @@ from kubernetes.client.exceptions import ApiException
 from shardserve_operator import naming
 from shardserve_operator.apply import build_event, build_replacement, build_status_patch
 from shardserve_operator.health import Health, Phase
-from shardserve_operator.kube import INGRESS, LEASE, MODEL_DEPLOYMENT, SERVICE, kind_of, retry_after_seconds
+from shardserve_operator.kinds import INGRESS, LEASE, MODEL_DEPLOYMENT, SERVICE, kind_of
+from shardserve_operator.kube import retry_after_seconds
 from shardserve_operator.leader import compute_lease_claim, format_microtime, parse_microtime
 from shardserve_operator.reconcile import compute_retry_delay, is_retriable
 from shardserve_operator.settings import OperatorSettings, add_arguments, from_args

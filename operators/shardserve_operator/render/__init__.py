@@ -6,9 +6,6 @@ prints: the same input always gives the same objects, byte for byte.
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 from collections.abc import Iterable
 from typing import Any, Optional
 
@@ -16,6 +13,7 @@ import yaml
 
 from shardserve.api.spec import ModelDeployment
 from shardserve_operator import naming
+from shardserve_operator.hashing import compute_hash
 from shardserve_operator.render.ingress import build_ingress
 from shardserve_operator.render.options import RenderOptions
 from shardserve_operator.render.rayservice import build_rayservice
@@ -26,29 +24,10 @@ __all__ = [
     "build_ingress",
     "build_rayservice",
     "build_service",
-    "compute_hash",
     "is_paused",
-    "read_hash",
     "render_children",
     "render_yaml",
 ]
-
-
-def compute_hash(obj: dict[str, Any]) -> str:
-    """Digest of an object as rendered, ignoring the annotation that carries it."""
-    clean = copy.deepcopy(obj)
-    annotations = clean.get("metadata", {}).get("annotations", {})
-    annotations.pop(naming.ANNOTATION_RENDERED_HASH, None)
-    if not annotations:
-        clean.get("metadata", {}).pop("annotations", None)
-    canonical = json.dumps(clean, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:20]
-
-
-def read_hash(obj: Optional[dict[str, Any]]) -> Optional[str]:
-    if not obj:
-        return None
-    return (obj.get("metadata", {}).get("annotations") or {}).get(naming.ANNOTATION_RENDERED_HASH)
 
 
 def _finish(obj: dict[str, Any], namespace: Optional[str], owner: Optional[dict[str, Any]]) -> dict[str, Any]:
