@@ -25,9 +25,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
 
-from kubernetes.client.exceptions import ApiException
-
 from shardserve_operator import naming
+from shardserve_operator.api_errors import ApiBadRequest, ApiConflict, ApiError, ApiInvalid, ApiNotFound
 from shardserve_operator.checks import describe_unknown_fields, find_unknown_fields
 from shardserve_operator.hashing import read_hash
 from shardserve_operator.kinds import CHILD_KINDS, EVENT, MODEL_DEPLOYMENT, RAYCLUSTER, RAYSERVICE, Kind, kind_of
@@ -74,7 +73,7 @@ def _write(kube: Kube, kind: Kind, method: str, path: str, body: Any, what: str,
         if content_type:
             return kube.request(method, path, body, content_type=content_type, query=STRICT)
         return kube.request(method, path, body, query=STRICT)
-    except ApiException as err:
+    except ApiBadRequest as err:
         fields = find_unknown_fields(err)
         if fields and kind in (RAYSERVICE, RAYCLUSTER):
             raise KubeRayUnsupportedError(describe_unknown_fields(fields, what)) from err
@@ -116,7 +115,7 @@ def apply_children(
 ) -> ApplyReport:
     """Creates, replaces or deletes children so the server matches `desired`.
 
-    Raises ApiException on the first failed write; the caller retries the
+    Raises ApiError on the first failed write; the caller retries the
     whole reconcile, which is idempotent.
     """
     report = ApplyReport()
@@ -168,8 +167,8 @@ def _converge(kube: Kube, kind: Kind, namespace: str, name: str, what: str, owne
                                           build_replacement(existing, want), what)
             report.updated.append(what)
             return
-        except ApiException as err:
-            if err.status != 409 or last:
+        except ApiConflict:
+            if last:
                 raise
         log.debug("conflict replacing %s; reading it again", what)
         existing = kube.get(kind, namespace, name)
@@ -227,11 +226,11 @@ def apply_cluster_bounds(kube: Kube, namespace: str, rayservice: Mapping[str, An
                                  f"{what}'s worker bounds", content_type=JSON_PATCH)
                 report.updated.append(f"{what} worker bounds")
                 break
-            except ApiException as err:
-                if err.status == 404:
-                    current = None
-                    break
-                if err.status != 422 or last:
+            except ApiNotFound:
+                current = None
+                break
+            except ApiInvalid:
+                if last:
                     raise
             current = kube.get(RAYCLUSTER, namespace, name)
         if current is not None:
@@ -246,9 +245,8 @@ def delete_child(kube: Kube, kind: Kind, namespace: str, existing: Mapping[str, 
         options["preconditions"] = {"uid": meta["uid"]}
     try:
         kube.request("DELETE", kind.path(namespace, meta["name"]), options)
-    except ApiException as err:
-        if err.status != 404:
-            raise
+    except ApiNotFound:
+        pass
 
 
 def build_status_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -265,10 +263,8 @@ def apply_status(kube: Kube, namespace: str, name: str, previous: Mapping[str, A
     try:
         kube.request("PATCH", MODEL_DEPLOYMENT.path(namespace, name, "status"),
                      build_status_patch(previous, new), content_type=MERGE_PATCH)
-    except ApiException as err:
-        if err.status == 404:  # deleted meanwhile
-            return False
-        raise
+    except ApiNotFound:  # deleted meanwhile
+        return False
     return True
 
 
@@ -308,6 +304,6 @@ def apply_events(kube: Kube, md: Mapping[str, Any], records: Sequence[EventRecor
             kube.request("POST", EVENT.path(md["metadata"]["namespace"]), body)
             posted += 1
             kube.metrics.count_event(record.type, record.reason)
-        except ApiException as err:
-            log.warning("could not post event %s for %s: %s", record.reason, md["metadata"]["name"], err.reason)
+        except ApiError as err:
+            log.warning("could not post event %s for %s: %s", record.reason, md["metadata"]["name"], err)
     return posted

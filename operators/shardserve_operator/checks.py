@@ -14,14 +14,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
-from kubernetes.client.exceptions import ApiException
-
 from shardserve.api.kuberay import MIN_KUBERAY_VERSION_TEXT, REQUIRED_RAYSERVICE_FIELDS
+from shardserve_operator.api_errors import ApiBadRequest
 
 RAYSERVICE_CRD_NAME = "rayservices.ray.io"
 RAYSERVICE_VERSION = "v1"
@@ -115,13 +113,9 @@ def describe_missing_fields(fields: Sequence[str]) -> str:
 
 def find_unknown_fields(err: BaseException) -> list[str]:
     """The fields a 400 under strict field validation names; [] for any other error."""
-    if not isinstance(err, ApiException) or err.status != 400:
+    if not isinstance(err, ApiBadRequest):
         return []
-    text = err.body or ""
-    try:
-        text = json.loads(text).get("message", text)
-    except (ValueError, AttributeError):
-        pass
+    text = err.message or err.body
     if "strict decoding error" not in text and "unknown field" not in text:
         return []
     return _UNKNOWN_FIELD.findall(text) or ["(a field the server did not name)"]

@@ -4,7 +4,9 @@ The generated typed clients would turn RayServices and Services into
 different model classes; children are compared and hashed as plain dicts, so
 requests go through the official ApiClient (auth, TLS, connection pool) with
 raw JSON. Only observe.py reads and only apply.py writes what the operator
-reconciles; leader.py writes its own Lease.
+reconciles; leader.py writes its own Lease. A refusal leaves as a typed
+ApiError (api_errors.py): nothing above this module sees the client's own
+exception or compares status numbers.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ import time
 from collections import Counter
 from typing import Any, Optional
 
+import urllib3.exceptions
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from shardserve_operator.api_errors import ApiNotFound, ApiTransportError, build_api_error
 from shardserve_operator.kinds import Kind
 from shardserve_operator.metrics import OperatorMetrics
 
@@ -57,16 +61,6 @@ def compute_request_kind(method: str, path: str) -> tuple[str, str]:
     return verb, resource
 
 
-def retry_after_seconds(error: ApiException) -> Optional[float]:
-    """The server's Retry-After (seconds form), if it sent one."""
-    headers = error.headers or {}
-    value = headers.get("Retry-After") or headers.get("retry-after")
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
-
-
 def build_api_client(server: Optional[str] = None) -> client.ApiClient:
     """An ApiClient for `server` (no credentials), else in-cluster config, else ~/.kube/config."""
     from kubernetes import config
@@ -100,7 +94,7 @@ class Kube:
         content_type: str = JSON,
         query: Optional[dict[str, str]] = None,
     ) -> dict[str, Any]:
-        """Sends one request; raises ApiException (with status and headers) on non-2xx."""
+        """Sends one request; raises the ApiError subclass of the answer (ApiTransportError without one)."""
         headers = {"Accept": JSON, "Content-Type": content_type}
         method_, url, headers, body_, post = self.api_client.param_serialize(
             method, path, query_params=list((query or {}).items()) or None,
@@ -113,20 +107,23 @@ class Kube:
         try:
             response = self.api_client.call_api(method_, url, headers, body_, post, _request_timeout=REQUEST_TIMEOUT)
             response.read()
-        except Exception:  # no HTTP answer: refused, reset, timed out
+        except ApiException as err:  # the client's own: status 0 for a TLS failure, else an answer it read
+            self.metrics.observe_api_request(verb, resource, str(err.status or "error"), time.monotonic() - started)
+            if not err.status:
+                raise ApiTransportError(str(err.reason or err)) from err
+            raise build_api_error(err.status, err.reason or "", err.body or "", err.headers) from err
+        except (urllib3.exceptions.HTTPError, OSError) as err:  # no HTTP answer: refused, reset, timed out
             self.metrics.observe_api_request(verb, resource, "error", time.monotonic() - started)
-            raise
+            raise ApiTransportError(f"{type(err).__name__}: {err}") from err
         self.metrics.observe_api_request(verb, resource, str(response.status), time.monotonic() - started)
         if not 200 <= response.status <= 299:
-            raise ApiException.from_response(http_resp=response, body=(response.data or b"").decode("utf-8", "replace"),
-                                             data=None)
+            raise build_api_error(response.status, response.reason or "",
+                                  (response.data or b"").decode("utf-8", "replace"), response.headers)
         return json.loads(response.data) if response.data else {}
 
     def get(self, kind: Kind, namespace: Optional[str], name: str) -> Optional[dict[str, Any]]:
         """The object, or None when it does not exist."""
         try:
             return self.request("GET", kind.path(namespace or "", name))
-        except ApiException as err:
-            if err.status == 404:
-                return None
-            raise
+        except ApiNotFound:
+            return None

@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, Optional
 
-from kubernetes.client.exceptions import ApiException
-
+from shardserve_operator.api_errors import ApiConflict
 from shardserve_operator.kinds import LEASE
 from shardserve_operator.kube import Kube
 from shardserve_operator.settings import LeaderElection
@@ -88,10 +87,8 @@ class LeaseElector:
             else:
                 body["metadata"]["resourceVersion"] = lease["metadata"].get("resourceVersion")
                 self.kube.request("PUT", LEASE.path(cfg.lease_namespace, cfg.lease_name), body)
-        except ApiException as err:
-            if err.status == 409:  # another candidate wrote first
-                return False
-            raise
+        except ApiConflict:  # another candidate wrote first
+            return False
         return True
 
     async def _attempt(self) -> bool:

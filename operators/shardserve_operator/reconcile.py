@@ -11,7 +11,6 @@ announces when it is fixed.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Iterator, Mapping
@@ -21,15 +20,23 @@ from datetime import UTC, datetime
 from typing import Any, Optional
 
 import kopf
-import urllib3.exceptions
-from kubernetes.client.exceptions import ApiException
 
 from shardserve.api.validation import SpecError, parse_deployment
+from shardserve_operator.api_errors import (
+    ApiConflict,
+    ApiError,
+    ApiForbidden,
+    ApiNotFound,
+    ApiServerError,
+    ApiThrottled,
+    ApiTimeout,
+    ApiTransportError,
+)
 from shardserve_operator.apply import ApplyReport, KubeRayUnsupportedError, apply_children, apply_events, apply_status
 from shardserve_operator.checks import compute_claim_problem, describe_missing_fields, find_claim_names
 from shardserve_operator.hashing import cluster_fingerprint_of, fingerprint_of
 from shardserve_operator.kinds import RAYSERVICE, Kind, kind_of
-from shardserve_operator.kube import Kube, retry_after_seconds
+from shardserve_operator.kube import Kube
 from shardserve_operator.naming import is_controlled_by
 from shardserve_operator.observe import Observed, find_active_cluster, observe_children, read_claim
 from shardserve_operator.render import render_children
@@ -49,8 +56,13 @@ log = logging.getLogger(__name__)
 # Consecutive failed attempts after which ResourcesApplied turns False: one
 # blip (a 409 or a 503) is retried quietly instead of flapping the condition.
 APPLY_FAILED_AFTER = 3
-# Transport failures (refused, reset, timed out) are as retriable as a 503.
-_TRANSPORT_ERRORS = (urllib3.exceptions.HTTPError, OSError)
+# API errors that time may fix: conflicts, throttling, server errors, vanished
+# objects, RBAC still being set up, and no answer at all.
+_RETRIABLE = (ApiTransportError, ApiForbidden, ApiNotFound, ApiTimeout, ApiConflict, ApiThrottled, ApiServerError)
+_API_REASONS: dict[type[ApiError], str] = {
+    ApiTransportError: "transport", ApiConflict: "conflict", ApiThrottled: "throttled", ApiServerError: "server_error",
+    ApiTimeout: "timeout", ApiNotFound: "not_found", ApiForbidden: "forbidden",
+}
 
 
 class InvalidSpecError(kopf.PermanentError):
@@ -78,14 +90,8 @@ def compute_error_reason(err: BaseException) -> str:
     if isinstance(err, HeldBackError):
         return {KUBERAY_UNSUPPORTED: "kuberay_unsupported", CLAIM_NOT_FOUND: "claim_not_found"}.get(err.reason, "other")
     cause = err.__cause__ if isinstance(err, (kopf.TemporaryError, kopf.PermanentError)) else err
-    if isinstance(cause, ApiException):
-        status = cause.status or 0
-        if status >= 500:
-            return "server_error"
-        return {409: "conflict", 429: "throttled", 408: "timeout", 404: "not_found",
-                403: "forbidden"}.get(status, "rejected" if 400 <= status < 500 else "transport")
-    if isinstance(cause, _TRANSPORT_ERRORS):
-        return "transport"
+    if isinstance(cause, ApiError):
+        return _API_REASONS.get(type(cause), "rejected")
     return "other"
 
 
@@ -99,25 +105,17 @@ def compute_retry_delay(
 
 def is_retriable(err: BaseException) -> bool:
     """Conflicts, throttling, server errors, vanished objects, RBAC still being set up, transport errors."""
-    if isinstance(err, ApiException):
-        status = err.status or 0
-        return status in (0, 403, 404, 408, 409, 429) or status >= 500
-    return isinstance(err, _TRANSPORT_ERRORS)
+    return isinstance(err, _RETRIABLE)
 
 
 def describe_error(err: BaseException) -> str:
-    if isinstance(err, ApiException):
-        detail = ""
-        try:
-            detail = json.loads(err.body or "{}").get("message", "")
-        except ValueError:
-            pass
-        return f"HTTP {err.status} {err.reason or ''}".strip() + (f": {detail}" if detail else "")
+    if isinstance(err, ApiError):
+        return str(err)
     return f"{type(err).__name__}: {err}"
 
 
 def retry_later(err: BaseException, attempt: int, settings: OperatorSettings) -> kopf.TemporaryError:
-    retry_after = retry_after_seconds(err) if isinstance(err, ApiException) else None
+    retry_after = err.retry_after if isinstance(err, ApiError) else None
     delay = compute_retry_delay(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds,
                                 retry_after=retry_after, jitter=random.random() * 0.2)
     return kopf.TemporaryError(f"{describe_error(err)}; retrying in {delay:.2f}s", delay=delay)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kubernetes.client.exceptions import ApiException
 
 from shardserve.api.kuberay import (
     MIN_KUBERAY_VERSION_TEXT,
@@ -21,6 +20,7 @@ from shardserve.api.kuberay import (
 )
 from shardserve.api.validation import load_file
 from shardserve_operator import naming
+from shardserve_operator.api_errors import build_api_error
 from shardserve_operator.apply import build_bounds_patch
 from shardserve_operator.checks import (
     compute_claim_problem,
@@ -117,9 +117,7 @@ def test_field_paths_read_as_kubectl_explain_does():
 
 
 def _refusal(status, message):
-    err = ApiException(status=status, reason="BadRequest")
-    err.body = json.dumps({"kind": "Status", "code": status, "message": message})
-    return err
+    return build_api_error(status, "BadRequest", json.dumps({"kind": "Status", "code": status, "message": message}))
 
 
 def test_strict_validation_refusals_name_their_fields():

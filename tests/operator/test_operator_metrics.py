@@ -11,11 +11,10 @@ from typing import Optional
 
 import kopf
 import pytest
-import urllib3
-from kubernetes.client.exceptions import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from operator_harness import MD_PATH, RS_PATH, SVC_PATH, eventually, tiny_document
+from shardserve_operator.api_errors import ApiError, ApiTransportError, build_api_error
 from shardserve_operator.kube import compute_request_kind
 from shardserve_operator.metrics import ERROR_REASONS, OperatorMetrics, compute_child_counts, compute_ready_counts
 from shardserve_operator.reconcile import InvalidSpecError, NotOwnedError, compute_error_reason
@@ -174,8 +173,8 @@ def test_request_kind_names_verbs_and_resources_as_rbac_does(method, path, expec
     assert compute_request_kind(method, path) == expected
 
 
-def _api_error(status: int) -> ApiException:
-    return ApiException(status=status, reason="x")
+def _api_error(status: int) -> ApiError:
+    return build_api_error(status, "x")
 
 
 def _wrapped(cause: BaseException, kind=kopf.TemporaryError) -> BaseException:
@@ -196,8 +195,7 @@ def _wrapped(cause: BaseException, kind=kopf.TemporaryError) -> BaseException:
     (_wrapped(_api_error(403)), "forbidden"),
     (_wrapped(_api_error(422), kopf.PermanentError), "rejected"),
     (_api_error(400), "rejected"),
-    (_wrapped(urllib3.exceptions.ProtocolError("reset")), "transport"),
-    (_wrapped(ConnectionRefusedError()), "transport"),
+    (_wrapped(ApiTransportError("ProtocolError: reset")), "transport"),
     (ValueError("bug"), "other"),
 ])
 def test_error_reasons_are_bounded_and_name_the_cause(err, reason):
