@@ -24,12 +24,13 @@ from shardserve.api.crd import CRD_NAME, build_crd
 from shardserve.api.spec import API_VERSION
 from shardserve_operator import naming
 from shardserve_operator.checks import compute_missing_fields, compute_stale_crd_fields, describe_missing_fields
+from shardserve_operator.failures import classify
 from shardserve_operator.hashing import cluster_fingerprint_of, fingerprint_of
 from shardserve_operator.kinds import CHILD_KINDS, RAYCLUSTER, Kind
 from shardserve_operator.kube import Kube
 from shardserve_operator.metrics import ManagedState, compute_child_counts
 from shardserve_operator.observe import read_crd, read_model_deployment, read_rayservice_crd
-from shardserve_operator.reconcile import ReconcileResult, compute_error_reason, reconcile, retry_later
+from shardserve_operator.reconcile import ReconcileResult, reconcile, retry_later
 from shardserve_operator.settings import OperatorSettings
 from shardserve_operator.status import READY, find_condition
 
@@ -144,7 +145,7 @@ class Controller:
             result = await asyncio.to_thread(reconcile, self.kube, copy.deepcopy(dict(body)), self.settings,
                                              attempt=attempt, kuberay_missing=self.kuberay_missing)
         except Exception as err:
-            self.kube.metrics.observe_reconcile(trigger, time.monotonic() - started, compute_error_reason(err))
+            self.kube.metrics.observe_reconcile(trigger, time.monotonic() - started, classify(err).reason)
             if isinstance(err, kopf.TemporaryError):
                 self._not_before[key] = loop.time() + (err.delay or 0.0)
             raise

@@ -44,7 +44,7 @@ PREFIX = "shardserve_operator_"
 # Condition status values a ModelDeployment's Ready can have; "Unknown" also
 # covers one whose status the operator has not written yet.
 READY_VALUES = ("True", "False", "Unknown")
-# Every reason reconcile_errors_total may carry (see reconcile.compute_error_reason).
+# Every reason reconcile_errors_total may carry (see classify).
 ERROR_REASONS = ("invalid_spec", "not_owned", "kuberay_unsupported", "claim_not_found", "conflict", "throttled",
                  "server_error", "timeout", "not_found", "forbidden", "rejected", "transport", "other")
 RESULTS = ("success", "error")

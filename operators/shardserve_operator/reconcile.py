@@ -22,18 +22,17 @@ from typing import Any, Optional
 import kopf
 
 from shardserve.api.validation import SpecError, parse_deployment
-from shardserve_operator.api_errors import (
-    ApiConflict,
-    ApiError,
-    ApiForbidden,
-    ApiNotFound,
-    ApiServerError,
-    ApiThrottled,
-    ApiTimeout,
-    ApiTransportError,
-)
+from shardserve_operator.api_errors import ApiError
 from shardserve_operator.apply import ApplyReport, KubeRayUnsupportedError, apply_children, apply_events, apply_status
 from shardserve_operator.checks import compute_claim_problem, describe_missing_fields, find_claim_names
+from shardserve_operator.failures import (
+    HeldBackError,
+    InvalidSpecError,
+    NotOwnedError,
+    classify,
+    compute_retry_delay,
+    describe_error,
+)
 from shardserve_operator.hashing import cluster_fingerprint_of, fingerprint_of
 from shardserve_operator.kinds import RAYSERVICE, Kind, kind_of
 from shardserve_operator.kube import Kube
@@ -56,64 +55,6 @@ log = logging.getLogger(__name__)
 # Consecutive failed attempts after which ResourcesApplied turns False: one
 # blip (a 409 or a 503) is retried quietly instead of flapping the condition.
 APPLY_FAILED_AFTER = 3
-# API errors that time may fix: conflicts, throttling, server errors, vanished
-# objects, RBAC still being set up, and no answer at all.
-_RETRIABLE = (ApiTransportError, ApiForbidden, ApiNotFound, ApiTimeout, ApiConflict, ApiThrottled, ApiServerError)
-_API_REASONS: dict[type[ApiError], str] = {
-    ApiTransportError: "transport", ApiConflict: "conflict", ApiThrottled: "throttled", ApiServerError: "server_error",
-    ApiTimeout: "timeout", ApiNotFound: "not_found", ApiForbidden: "forbidden",
-}
-
-
-class InvalidSpecError(kopf.PermanentError):
-    """The spec failed validation; only a new generation can fix it."""
-
-
-class NotOwnedError(kopf.TemporaryError):
-    """A child's name is taken by an object this ModelDeployment does not control."""
-
-
-class HeldBackError(kopf.TemporaryError):
-    """Nothing was written: the cluster lacks what the children need (`reason` is ResourcesApplied's)."""
-
-    def __init__(self, message: str, reason: str, delay: float):
-        super().__init__(message, delay=delay)
-        self.reason = reason
-
-
-def compute_error_reason(err: BaseException) -> str:
-    """Why a reconcile failed, as one of metrics.ERROR_REASONS (a bounded label)."""
-    if isinstance(err, InvalidSpecError):
-        return "invalid_spec"
-    if isinstance(err, NotOwnedError):
-        return "not_owned"
-    if isinstance(err, HeldBackError):
-        return {KUBERAY_UNSUPPORTED: "kuberay_unsupported", CLAIM_NOT_FOUND: "claim_not_found"}.get(err.reason, "other")
-    cause = err.__cause__ if isinstance(err, (kopf.TemporaryError, kopf.PermanentError)) else err
-    if isinstance(cause, ApiError):
-        return _API_REASONS.get(type(cause), "rejected")
-    return "other"
-
-
-def compute_retry_delay(
-    attempt: int, *, base: float, cap: float, retry_after: Optional[float] = None, jitter: float = 0.0
-) -> float:
-    """Exponential backoff (base * 2**attempt, capped, stretched by up to `jitter`); never shorter than Retry-After."""
-    delay: float = min(cap, base * (2 ** max(0, attempt))) * (1.0 + max(0.0, jitter))
-    return max(delay, retry_after or 0.0)
-
-
-def is_retriable(err: BaseException) -> bool:
-    """Conflicts, throttling, server errors, vanished objects, RBAC still being set up, transport errors."""
-    return isinstance(err, _RETRIABLE)
-
-
-def describe_error(err: BaseException) -> str:
-    if isinstance(err, ApiError):
-        return str(err)
-    return f"{type(err).__name__}: {err}"
-
-
 def retry_later(err: BaseException, attempt: int, settings: OperatorSettings) -> kopf.TemporaryError:
     retry_after = err.retry_after if isinstance(err, ApiError) else None
     delay = compute_retry_delay(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds,
@@ -123,13 +64,13 @@ def retry_later(err: BaseException, attempt: int, settings: OperatorSettings) ->
 
 @contextmanager
 def retried(attempt: int, settings: OperatorSettings) -> Iterator[None]:
-    """Turns a retriable API or transport error into kopf.TemporaryError with the backoff delay."""
+    """Turns an error time may fix (see classify) into kopf.TemporaryError with the backoff delay."""
     try:
         yield
     except kopf.TemporaryError:
         raise
     except Exception as err:
-        if is_retriable(err):
+        if classify(err).retriable:
             raise retry_later(err, attempt, settings) from err
         raise
 
@@ -222,14 +163,15 @@ def reconcile(
         log.error("%s/%s: %s", namespace, name, err)
         raise hold_back(KUBERAY_UNSUPPORTED, str(err)) from err
     except Exception as err:
-        retriable = is_retriable(err)
-        if not retriable or attempt + 1 >= APPLY_FAILED_AFTER:
-            failed = compute_status(md, ours, generation, applied=ApplyOutcome(error=describe_error(err)), **common)
+        failure = classify(err)
+        if not failure.retriable or attempt + 1 >= APPLY_FAILED_AFTER:
+            failed = compute_status(md, ours, generation, **common,
+                                    applied=ApplyOutcome(error=describe_error(err), reason=failure.condition_reason))
             try:
                 _write_status(kube, body, previous, failed, now)
             except Exception:  # the API is failing already; the retry will write it
                 log.debug("could not write status of %s/%s", namespace, name, exc_info=True)
-        if retriable:
+        if failure.retriable:
             raise retry_later(err, attempt, settings) from err
         raise kopf.PermanentError(f"the API server rejected a child: {describe_error(err)}") from err
 

@@ -35,7 +35,6 @@ from shardserve_operator.hashing import cluster_fingerprint_of
 from shardserve_operator.kinds import RAYCLUSTER, RAYSERVICE, SERVICE
 from shardserve_operator.main import build_kopf_settings
 from shardserve_operator.observe import is_cluster_of
-from shardserve_operator.reconcile import HeldBackError, compute_error_reason
 from shardserve_operator.render import render_children
 from shardserve_operator.settings import OperatorSettings
 
@@ -310,11 +309,6 @@ def test_child_watches_are_filtered_by_the_api_server():
     own = references.Resource(group="shardserve.dev", version="v1alpha1", plural="modeldeployments",
                               kind="ModelDeployment", namespaced=True)
     assert settings.watching.label_selectors.collect(own) == []  # every ModelDeployment
-
-
-def test_held_back_reconciles_are_counted_by_cause():
-    assert compute_error_reason(HeldBackError("x", "KubeRayUnsupported", delay=1)) == "kuberay_unsupported"
-    assert compute_error_reason(HeldBackError("x", "ClaimNotFound", delay=1)) == "claim_not_found"
 
 
 # ---------------------------------------------------------------- review #25: Helm never upgrades CRDs

@@ -1,23 +1,21 @@
 """The operator's /metrics, scraped over HTTP from the running operator, against what the API server saw.
 
-Pure parts (request kinds, error reasons, gauge counts) are tables at the
-end; the rest runs the real operator (kopf, the official client) against
-the emulated API server, as test_operator_integration does.
+Pure parts (request kinds, gauge counts) are tables at the end; error
+reasons are classify's (test_failures). The rest runs the real operator
+(kopf, the official client) against the emulated API server, as
+test_operator_integration does.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
-import kopf
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from operator_harness import MD_PATH, RS_PATH, SVC_PATH, eventually, tiny_document
-from shardserve_operator.api_errors import ApiError, ApiTransportError, build_api_error
 from shardserve_operator.kube import compute_request_kind
 from shardserve_operator.metrics import ERROR_REASONS, OperatorMetrics, compute_child_counts, compute_ready_counts
-from shardserve_operator.reconcile import InvalidSpecError, NotOwnedError, compute_error_reason
 from test_operator_integration import converged, ready_status, settled
 
 Samples = dict[tuple[str, frozenset], float]
@@ -171,36 +169,6 @@ async def test_failed_api_requests_count_as_reconcile_errors_by_cause(cluster, o
 ])
 def test_request_kind_names_verbs_and_resources_as_rbac_does(method, path, expected):
     assert compute_request_kind(method, path) == expected
-
-
-def _api_error(status: int) -> ApiError:
-    return build_api_error(status, "x")
-
-
-def _wrapped(cause: BaseException, kind=kopf.TemporaryError) -> BaseException:
-    try:
-        raise kind("retry") from cause
-    except kind as err:
-        return err
-
-
-@pytest.mark.parametrize("err, reason", [
-    (InvalidSpecError("invalid spec: x"), "invalid_spec"),
-    (NotOwnedError("Service ns/x exists", delay=1), "not_owned"),
-    (_wrapped(_api_error(409)), "conflict"),
-    (_wrapped(_api_error(429)), "throttled"),
-    (_wrapped(_api_error(503)), "server_error"),
-    (_wrapped(_api_error(408)), "timeout"),
-    (_wrapped(_api_error(404)), "not_found"),
-    (_wrapped(_api_error(403)), "forbidden"),
-    (_wrapped(_api_error(422), kopf.PermanentError), "rejected"),
-    (_api_error(400), "rejected"),
-    (_wrapped(ApiTransportError("ProtocolError: reset")), "transport"),
-    (ValueError("bug"), "other"),
-])
-def test_error_reasons_are_bounded_and_name_the_cause(err, reason):
-    assert compute_error_reason(err) == reason
-    assert reason in ERROR_REASONS
 
 
 def test_gauge_counts_keep_every_label_value():

@@ -1,4 +1,4 @@
-"""Pure parts of the operator: settings, backoff, error classes, the Lease claim, replace bodies, health."""
+"""Pure parts of the operator: settings, backoff, the Lease claim, replace bodies, health."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ import kubernetes_validate
 import pytest
 
 from shardserve_operator import naming
-from shardserve_operator.api_errors import ApiTransportError, build_api_error
 from shardserve_operator.apply import build_event, build_replacement, build_status_patch
+from shardserve_operator.failures import compute_retry_delay
 from shardserve_operator.health import Health, Phase
 from shardserve_operator.kinds import INGRESS, LEASE, MODEL_DEPLOYMENT, SERVICE, kind_of
 from shardserve_operator.leader import compute_lease_claim, format_microtime, parse_microtime
-from shardserve_operator.reconcile import compute_retry_delay, is_retriable
 from shardserve_operator.settings import OperatorSettings, add_arguments, from_args
 from shardserve_operator.status import EventRecord
 
@@ -81,19 +80,6 @@ def test_settings_from_env_and_flags():
 ])
 def test_retry_delay(attempt, retry_after, jitter, expected):
     assert compute_retry_delay(attempt, base=0.5, cap=60, retry_after=retry_after, jitter=jitter) == pytest.approx(expected)
-
-
-@pytest.mark.parametrize("status, retriable", [
-    (409, True), (429, True), (500, True), (503, True), (404, True), (403, True), (408, True),
-    (400, False), (422, False), (401, False),
-])
-def test_which_api_errors_are_retried(status, retriable):
-    assert is_retriable(build_api_error(status)) is retriable
-
-
-def test_transport_errors_are_retried_and_bugs_are_not():
-    assert is_retriable(ApiTransportError("ConnectionRefusedError: [Errno 111]"))
-    assert not is_retriable(KeyError("x"))
 
 
 # ---------------------------------------------------------------- leader election
