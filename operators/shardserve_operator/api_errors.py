@@ -3,7 +3,9 @@
 Everything above kube.py catches these classes, never HTTP status numbers
 and never the client library's own exception, so the client can be swapped
 without touching the rest. Each error keeps the status code, the reason
-phrase and the message of the server's Status object.
+phrase and the message of the server's Status object, and says what was
+being done: kube.py names the request, and a caller that knows better
+(apply.py: "create RayService default/tiny") names the step.
 
   ApiError                any refusal without a class of its own (401, 405, 410, ...)
     ApiTransportError     no HTTP answer: refused, reset, timed out (status 0)
@@ -34,14 +36,20 @@ class ApiError(Exception):
         self.message = message  # the server's own words (its Status object's message)
         self.body = body
         self.retry_after = retry_after  # seconds the server asked to wait (Retry-After), if it said
+        self.action = ""  # what was being done: "create RayService default/tiny"
         super().__init__(status, reason, message)
+
+    def during(self, action: str) -> ApiError:
+        """Names what was being done when it failed; returns the error itself, to raise it."""
+        self.action = action
+        return self
 
     def describe(self) -> str:
         """'HTTP 409 Conflict: the object has been modified; ...'"""
         return f"HTTP {self.status} {self.reason}".strip() + (f": {self.message}" if self.message else "")
 
     def __str__(self) -> str:
-        return self.describe()
+        return f"{self.action}: {self.describe()}" if self.action else self.describe()
 
 
 class ApiTransportError(ApiError):

@@ -26,11 +26,11 @@ from datetime import datetime
 from typing import Any, Optional
 
 from shardserve_operator import naming
-from shardserve_operator.api_errors import ApiBadRequest, ApiConflict, ApiError, ApiInvalid, ApiNotFound
+from shardserve_operator.api_errors import ApiConflict, ApiError, ApiInvalid, ApiNotFound
 from shardserve_operator.checks import describe_unknown_fields, find_unknown_fields
 from shardserve_operator.hashing import read_hash
 from shardserve_operator.kinds import CHILD_KINDS, EVENT, MODEL_DEPLOYMENT, RAYCLUSTER, RAYSERVICE, Kind, kind_of
-from shardserve_operator.kube import JSON_PATCH, MERGE_PATCH, STRICT, Kube
+from shardserve_operator.kube import JSON_PATCH, MERGE_PATCH, STRICT, Kube, compute_request_kind
 from shardserve_operator.observe import Observed
 from shardserve_operator.status import EventRecord
 
@@ -68,15 +68,20 @@ class KubeRayUnsupportedError(Exception):
 
 def _write(kube: Kube, kind: Kind, method: str, path: str, body: Any, what: str,
            content_type: Optional[str] = None) -> dict[str, Any]:
-    """One write with strict field validation; a KubeRay CRD lacking a field raises KubeRayUnsupportedError."""
+    """One write with strict field validation; a KubeRay CRD lacking a field raises KubeRayUnsupportedError.
+
+    A failed write says which it was ("create RayService default/tiny: HTTP 500 ..."),
+    and ResourcesApplied's message carries that.
+    """
     try:
         if content_type:
             return kube.request(method, path, body, content_type=content_type, query=STRICT)
         return kube.request(method, path, body, query=STRICT)
-    except ApiBadRequest as err:
+    except ApiError as err:
         fields = find_unknown_fields(err)
         if fields and kind in (RAYSERVICE, RAYCLUSTER):
             raise KubeRayUnsupportedError(describe_unknown_fields(fields, what)) from err
+        err.during(f"{compute_request_kind(method, path)[0]} {what}")
         raise
 
 
@@ -115,7 +120,7 @@ def apply_children(
 ) -> ApplyReport:
     """Creates, replaces or deletes children so the server matches `desired`.
 
-    Raises ApiError on the first failed write; the caller retries the
+    Raises ApiError on the first failed write, naming it; the caller retries the
     whole reconcile, which is idempotent.
     """
     report = ApplyReport()
@@ -247,6 +252,9 @@ def delete_child(kube: Kube, kind: Kind, namespace: str, existing: Mapping[str, 
         kube.request("DELETE", kind.path(namespace, meta["name"]), options)
     except ApiNotFound:
         pass
+    except ApiError as err:
+        err.during(f"delete {describe(kind, namespace, meta['name'])}")
+        raise
 
 
 def build_status_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
@@ -265,6 +273,9 @@ def apply_status(kube: Kube, namespace: str, name: str, previous: Mapping[str, A
                      build_status_patch(previous, new), content_type=MERGE_PATCH)
     except ApiNotFound:  # deleted meanwhile
         return False
+    except ApiError as err:
+        err.during(f"patch the status of {describe(MODEL_DEPLOYMENT, namespace, name)}")
+        raise
     return True
 
 

@@ -94,7 +94,8 @@ class Kube:
         content_type: str = JSON,
         query: Optional[dict[str, str]] = None,
     ) -> dict[str, Any]:
-        """Sends one request; raises the ApiError subclass of the answer (ApiTransportError without one)."""
+        """Sends one request; raises the ApiError subclass of the answer (ApiTransportError without one),
+        naming the request ("GET /api/v1/namespaces/default/services/tiny")."""
         headers = {"Accept": JSON, "Content-Type": content_type}
         method_, url, headers, body_, post = self.api_client.param_serialize(
             method, path, query_params=list((query or {}).items()) or None,
@@ -110,15 +111,17 @@ class Kube:
         except ApiException as err:  # the client's own: status 0 for a TLS failure, else an answer it read
             self.metrics.observe_api_request(verb, resource, str(err.status or "error"), time.monotonic() - started)
             if not err.status:
-                raise ApiTransportError(str(err.reason or err)) from err
-            raise build_api_error(err.status, err.reason or "", err.body or "", err.headers) from err
+                raise ApiTransportError(str(err.reason or err)).during(f"{method} {path}") from err
+            raise build_api_error(err.status, err.reason or "", err.body or "", err.headers).during(
+                f"{method} {path}") from err
         except (urllib3.exceptions.HTTPError, OSError) as err:  # no HTTP answer: refused, reset, timed out
             self.metrics.observe_api_request(verb, resource, "error", time.monotonic() - started)
-            raise ApiTransportError(f"{type(err).__name__}: {err}") from err
+            raise ApiTransportError(f"{type(err).__name__}: {err}").during(f"{method} {path}") from err
         self.metrics.observe_api_request(verb, resource, str(response.status), time.monotonic() - started)
         if not 200 <= response.status <= 299:
             raise build_api_error(response.status, response.reason or "",
-                                  (response.data or b"").decode("utf-8", "replace"), response.headers)
+                                  (response.data or b"").decode("utf-8", "replace"), response.headers).during(
+                f"{method} {path}")
         return json.loads(response.data) if response.data else {}
 
     def get(self, kind: Kind, namespace: Optional[str], name: str) -> Optional[dict[str, Any]]:

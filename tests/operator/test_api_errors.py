@@ -49,6 +49,9 @@ def test_an_error_reads_as_the_status_the_reason_and_the_servers_message():
     assert str(ApiTransportError("ConnectionRefusedError: refused")) == \
         "no answer from the API server: ConnectionRefusedError: refused"
     assert ApiTransportError("x").status == 0
+    # What was being done comes first; kube.py names the request, apply.py the step.
+    assert str(err.during("update RayService default/tiny")) == \
+        'update RayService default/tiny: HTTP 409 Conflict: Operation cannot be fulfilled on rayservices "tiny"'
 
 
 @pytest.mark.parametrize("headers, retry_after", [
@@ -73,6 +76,7 @@ async def test_kube_raises_the_typed_error_with_the_servers_message(cluster):
         await asyncio.to_thread(kube.request, "POST", path, {"apiVersion": "v1", "kind": "Service",
                                                              "metadata": {"name": "x"}, "spec": {}})
     assert (throttled.value.status, throttled.value.message, throttled.value.retry_after) == (429, "slow down", 2.0)
+    assert str(throttled.value) == f"POST {path}: HTTP 429 Too Many Requests: slow down"
     assert await asyncio.to_thread(kube.get, SERVICE, "default", "absent") is None  # a 404 is an answer
     with pytest.raises(ApiNotFound):
         await asyncio.to_thread(kube.request, "DELETE", SERVICE.path("default", "absent"))

@@ -213,7 +213,9 @@ async def test_persistent_server_errors_show_in_status(cluster, operator):
     await cluster.create_md(tiny_document())
     await eventually(lambda: (cluster.condition("tiny", "ResourcesApplied") or {}).get("reason") == "ApplyFailed",
                      10, "ApplyFailed")
-    assert "HTTP 500" in cluster.condition("tiny", "ResourcesApplied")["message"]
+    # The message names the write that failed, then the server's answer.
+    assert cluster.condition("tiny", "ResourcesApplied")["message"] == \
+        "create RayService default/tiny: HTTP 500 Internal Server Error: injected 500"
     cluster.emulator.faults.clear()
     await eventually(lambda: (cluster.condition("tiny", "ResourcesApplied") or {}).get("status") == "True",
                      10, "recovery")
