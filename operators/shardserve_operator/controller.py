@@ -4,9 +4,25 @@
 - an echo filter: a child's watch event that only shows what the last
   reconcile left (same hash, same status) is dropped, so the operator's own
   writes cost no extra reconcile;
-- a backoff memory: a failed reconcile's delay holds for every trigger of
-  that object;
+- a backoff memory per object: its failed reconciles in a row and when the
+  next may start, which holds for every trigger of that object;
 - the metrics' view of what is managed.
+
+Who retries a failed reconcile. Every path waits the same delay,
+compute_backoff (a growing backoff honouring Retry-After, or a fixed "look
+again" for what nothing announces), counted from the same backoff memory,
+and gives up only on what classify calls not retriable:
+
+- the ModelDeployment's own change (kopf's create/update/resume handler):
+  kopf. The failure leaves as kopf.TemporaryError with our delay, or
+  kopf.PermanentError, and kopf re-runs the handler; that is the right tool
+  here, since kopf records a change as handled only once it succeeded.
+- a child's watch event: this queue. It schedules one retry per object,
+  which reads the ModelDeployment afresh. The retry is dropped when any
+  other reconcile of the object ends, so only the trigger that failed last
+  retries.
+- kopf's own API requests (its watches, its annotation patches): kopf's
+  networking.error_backoffs (main.py), never a reconcile.
 """
 
 from __future__ import annotations
@@ -14,8 +30,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import random
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import kopf
@@ -24,23 +42,28 @@ from shardserve.api.crd import CRD_NAME, build_crd
 from shardserve.api.spec import API_VERSION
 from shardserve_operator import naming
 from shardserve_operator.checks import compute_missing_fields, compute_stale_crd_fields, describe_missing_fields
-from shardserve_operator.failures import classify
+from shardserve_operator.failures import classify, compute_backoff, describe_error
 from shardserve_operator.hashing import cluster_fingerprint_of, fingerprint_of
 from shardserve_operator.kinds import CHILD_KINDS, RAYCLUSTER, Kind
 from shardserve_operator.kube import Kube
 from shardserve_operator.metrics import ManagedState, compute_child_counts
 from shardserve_operator.observe import read_crd, read_model_deployment, read_rayservice_crd
-from shardserve_operator.reconcile import ReconcileResult, reconcile, retry_later
+from shardserve_operator.reconcile import ReconcileResult, reconcile
 from shardserve_operator.settings import OperatorSettings
 from shardserve_operator.status import READY, find_condition
 
 log = logging.getLogger(__name__)
 
-# A child event's reconcile gives up after this many failed attempts; the
-# next event (or the ModelDeployment's own handler) starts over.
-CHILD_EVENT_ATTEMPTS = 8
 # The trigger label of a reconcile the ModelDeployment's own change (or resume) started.
 OWN_TRIGGER = "modeldeployment"
+
+
+@dataclass
+class _Backoff:
+    """One object's failed reconciles in a row, and when the next may start."""
+
+    failures: int = 0
+    not_before: float = 0.0  # event-loop time
 
 
 class Controller:
@@ -52,7 +75,9 @@ class Controller:
         self.reconciles = 0
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._seen: dict[tuple[str, str, Kind], str] = {}
-        self._not_before: dict[tuple[str, str], float] = {}
+        self._backoffs: dict[tuple[str, str], _Backoff] = {}
+        # (namespace, name) -> the pending retry of a reconcile a child event started
+        self._retries: dict[tuple[str, str], asyncio.Task[None]] = {}
         self._reconciled: set[tuple[str, str]] = set()
         # Every watched ModelDeployment -> the status of its Ready condition.
         self._ready: dict[tuple[str, str], str] = {}
@@ -124,17 +149,15 @@ class Controller:
         for key in [k for k in self._seen_clusters if k[:2] == (namespace, name)]:
             del self._seen_clusters[key]
 
-    async def _run(self, body: Mapping[str, Any], attempt: int, trigger: str) -> ReconcileResult:
-        """Reconciles in a worker thread; the caller holds the object's lock.
+    async def _run(self, key: tuple[str, str], body: Mapping[str, Any], trigger: str) -> ReconcileResult:
+        """Reconciles in a worker thread; the caller holds the object's lock and notes a failure.
 
-        A backoff (or a server's Retry-After) holds for every trigger of the
-        object, so a child's watch event cannot jump the queue.
+        The object's backoff (or a server's Retry-After) holds for every
+        trigger, so a child's watch event cannot jump the queue.
         """
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
         loop = asyncio.get_running_loop()
-        wait = self._not_before.get(key, 0.0) - loop.time()
-        if wait > 0:
+        backoff = self._backoffs.get(key)
+        if backoff is not None and (wait := backoff.not_before - loop.time()) > 0:
             await asyncio.sleep(wait)
         self.reconciles += 1
         self._reconciled.add(key)
@@ -143,48 +166,92 @@ class Controller:
             if self.kuberay_missing:  # look again: KubeRay may have been upgraded since
                 await asyncio.to_thread(self.check_kuberay)
             result = await asyncio.to_thread(reconcile, self.kube, copy.deepcopy(dict(body)), self.settings,
-                                             attempt=attempt, kuberay_missing=self.kuberay_missing)
+                                             attempt=backoff.failures if backoff else 0,
+                                             kuberay_missing=self.kuberay_missing)
         except Exception as err:
             self.kube.metrics.observe_reconcile(trigger, time.monotonic() - started, classify(err).reason)
-            if isinstance(err, kopf.TemporaryError):
-                self._not_before[key] = loop.time() + (err.delay or 0.0)
             raise
         self.kube.metrics.observe_reconcile(trigger, time.monotonic() - started)
-        self._not_before.pop(key, None)
-        self._remember(meta["namespace"], meta["name"], result)
+        self._backoffs.pop(key, None)
+        self._cancel_retry(key)  # whatever it would have done is done
+        self._remember(key[0], key[1], result)
         return result
 
-    async def reconcile_body(self, body: Mapping[str, Any], attempt: int = 0) -> ReconcileResult:
+    def _note_failure(self, key: tuple[str, str], err: BaseException) -> Optional[float]:
+        """Remembers a failed reconcile in the object's backoff; the seconds until the retry, None for none."""
+        failure = classify(err)
+        if failure.reason == "other":
+            log.error("reconciling %s/%s failed unexpectedly", *key, exc_info=err)
+        self._cancel_retry(key)  # whoever failed last retries: kopf, or a retry scheduled anew
+        if not failure.retriable:
+            self._backoffs.pop(key, None)  # only a new spec helps; its reconcile starts afresh
+            return None
+        backoff = self._backoffs.setdefault(key, _Backoff())
+        delay = compute_backoff(err, backoff.failures, self.settings, jitter=random.random() * 0.2)
+        backoff.failures += 1
+        backoff.not_before = asyncio.get_running_loop().time() + delay
+        return delay
+
+    async def reconcile_body(self, body: Mapping[str, Any]) -> ReconcileResult:
+        """Reconciles after the ModelDeployment's own change; a failure leaves as kopf's error, with our delay."""
         meta = body["metadata"]
-        async with self._lock(meta["namespace"], meta["name"]):
-            return await self._run(body, attempt, OWN_TRIGGER)
+        key = (meta["namespace"], meta["name"])
+        async with self._lock(*key):
+            try:
+                return await self._run(key, body, OWN_TRIGGER)
+            except Exception as err:
+                delay = self._note_failure(key, err)
+                if delay is None:
+                    raise kopf.PermanentError(describe_error(err)) from err
+                raise kopf.TemporaryError(f"{describe_error(err)}; retrying in {delay:.2f}s", delay=delay) from err
 
     async def on_child_event(self, kind: Kind, child: Mapping[str, Any], event_type: Optional[str]) -> None:
         """Reconciles the child's owner, read afresh, unless the event is our own echo."""
         owner = find_model_deployment(kind, child)
         if owner is None:
             return
-        namespace = child["metadata"]["namespace"]
-        for attempt in range(CHILD_EVENT_ATTEMPTS):
-            async with self._lock(namespace, owner):
-                # Checked under the lock: a reconcile in flight records what it left.
-                if attempt == 0 and not self.is_news(kind, child, event_type):
-                    return
-                try:
-                    body = await asyncio.to_thread(read_model_deployment, self.kube, namespace, owner)
-                    if body is None:
-                        return  # deleted; garbage collection removes the children
-                    await self._run(body, attempt, kind.kind.lower())
-                    return
-                except kopf.PermanentError:
-                    return  # reported in status; waits for a new spec
-                except kopf.TemporaryError as err:
-                    delay = err.delay or self.settings.retry_base_seconds
-                except Exception as err:  # reading the ModelDeployment failed
-                    delay = retry_later(err, attempt, self.settings).delay or self.settings.retry_base_seconds
-            log.debug("retrying %s/%s in %.2fs", namespace, owner, delay)
-            await asyncio.sleep(delay)
-        log.warning("gave up reconciling %s/%s after %d attempts", namespace, owner, CHILD_EVENT_ATTEMPTS)
+        key = (child["metadata"]["namespace"], owner)
+        async with self._lock(*key):
+            # Checked under the lock: a reconcile in flight records what it left.
+            if self.is_news(kind, child, event_type):
+                await self._reconcile_latest(key, kind.kind.lower())
+
+    async def _reconcile_latest(self, key: tuple[str, str], trigger: str) -> None:
+        """Reconciles the ModelDeployment as the API server has it now (the caller holds its lock);
+        a failure that time may fix schedules the retry."""
+        try:
+            body = await asyncio.to_thread(read_model_deployment, self.kube, *key)
+            if body is None:
+                return  # deleted; garbage collection removes the children
+            await self._run(key, body, trigger)
+        except Exception as err:
+            delay = self._note_failure(key, err)
+            if delay is None:
+                log.warning("reconciling %s/%s failed: %s; waiting for a new spec", *key, describe_error(err))
+                return
+            log.warning("reconciling %s/%s failed: %s; retrying in %.2fs", *key, describe_error(err), delay)
+            self._cancel_retry(key)
+            self._retries[key] = asyncio.create_task(self._retry(key, trigger, delay))
+
+    async def _retry(self, key: tuple[str, str], trigger: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self._retries.get(key) is asyncio.current_task():
+            del self._retries[key]  # running now: no longer pending
+        async with self._lock(*key):
+            await self._reconcile_latest(key, trigger)
+
+    def _cancel_retry(self, key: tuple[str, str]) -> None:
+        task = self._retries.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    async def close(self) -> None:
+        """Cancels the pending retries (kopf waits for every task left when it stops)."""
+        tasks = list(self._retries.values())
+        self._retries.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def watch(self, body: Mapping[str, Any]) -> None:
         """Notes a ModelDeployment the watch reported, with the status of its Ready condition."""
@@ -202,7 +269,8 @@ class Controller:
         key = (namespace, name)
         self._ready.pop(key, None)
         self._reconciled.discard(key)
-        self._not_before.pop(key, None)
+        self._backoffs.pop(key, None)
+        self._cancel_retry(key)
         for kind in CHILD_KINDS:
             self._seen.pop((namespace, name, kind), None)
         self._forget_clusters(namespace, name)

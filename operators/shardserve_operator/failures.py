@@ -23,15 +23,14 @@ retry, a condition and a metric never disagree about the same error.
 
 "polled": nothing announces when it is fixed (a name freed, a claim
 created, KubeRay upgraded), so it is looked at again after a fixed while
-instead of a growing backoff.
+(conflict_retry_seconds) instead of a growing backoff. compute_backoff is
+the one delay every retry path waits (see controller.py for the paths).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
-
-import kopf
 
 from shardserve_operator.api_errors import (
     ApiConflict,
@@ -43,22 +42,23 @@ from shardserve_operator.api_errors import (
     ApiTimeout,
     ApiTransportError,
 )
+from shardserve_operator.settings import OperatorSettings
 from shardserve_operator.status import APPLY_FAILED, CLAIM_NOT_FOUND, INVALID_SPEC, KUBERAY_UNSUPPORTED, NOT_OWNED
 
 
-class InvalidSpecError(kopf.PermanentError):
-    """The spec failed validation; only a new generation can fix it."""
+class InvalidSpecError(Exception):
+    """The object is invalid (its spec failed validation); only a new generation can fix it."""
 
 
-class NotOwnedError(kopf.TemporaryError):
+class NotOwnedError(Exception):
     """A child's name is taken by an object this ModelDeployment does not control."""
 
 
-class HeldBackError(kopf.TemporaryError):
+class HeldBackError(Exception):
     """Nothing was written: the cluster lacks what the children need (`reason` is ResourcesApplied's)."""
 
-    def __init__(self, message: str, reason: str, delay: float):
-        super().__init__(message, delay=delay)
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
         self.reason = reason
 
 
@@ -92,10 +92,6 @@ def classify(err: BaseException) -> Failure:
         return Failure("not_owned", True, NOT_OWNED, polled=True)
     if isinstance(err, HeldBackError):
         return Failure(_HELD_BACK_REASONS.get(err.reason, "other"), True, err.reason, polled=True)
-    if isinstance(err, (kopf.TemporaryError, kopf.PermanentError)):
-        if err.__cause__ is not None:
-            return classify(err.__cause__)
-        return Failure("other", isinstance(err, kopf.TemporaryError))
     if isinstance(err, ApiError):
         return _API_FAILURES.get(type(err), Failure("rejected", False))
     return Failure("other", True)
@@ -107,6 +103,15 @@ def compute_retry_delay(
     """Exponential backoff (base * 2**attempt, capped, stretched by up to `jitter`); never shorter than Retry-After."""
     delay: float = min(cap, base * (2 ** max(0, attempt))) * (1.0 + max(0.0, jitter))
     return max(delay, retry_after or 0.0)
+
+
+def compute_backoff(err: BaseException, attempt: int, settings: OperatorSettings, jitter: float = 0.0) -> float:
+    """How long every trigger of an object waits after `err`, its `attempt`-th failure in a row (0 for the first)."""
+    if classify(err).polled:
+        return settings.conflict_retry_seconds
+    retry_after = err.retry_after if isinstance(err, ApiError) else None
+    return compute_retry_delay(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds,
+                               retry_after=retry_after, jitter=jitter)
 
 
 def describe_error(err: BaseException) -> str:

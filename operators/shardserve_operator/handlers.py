@@ -3,7 +3,8 @@
 Two kinds of triggers lead to the same level-based reconcile:
 
 - the ModelDeployment itself (created, spec/labels changed, found at start):
-  kopf's change handlers, retried by kopf on TemporaryError with our delay;
+  kopf's change handlers, retried by kopf on TemporaryError with the
+  controller's delay;
 - its children (RayService status, or a Service/Ingress edited or deleted):
   watch events, mapped to the owner by its controller reference (the
   controller drops those that only echo its own writes);
@@ -30,8 +31,8 @@ def register(registry: kopf.OperatorRegistry, controller: Controller) -> None:
     @kopf.on.resume(**md, registry=registry, id="reconcile")
     @kopf.on.create(**md, registry=registry, id="reconcile")
     @kopf.on.update(**md, registry=registry, id="reconcile")
-    async def model_deployment_changed(body: kopf.Body, retry: int, **_: Any) -> None:
-        await controller.reconcile_body(body, attempt=retry)
+    async def model_deployment_changed(body: kopf.Body, **_: Any) -> None:
+        await controller.reconcile_body(body)
 
     # Deletion needs no handler (owner references let the garbage collector
     # remove the children) and so no finalizer; only the memory is dropped.

@@ -47,6 +47,8 @@ def build_kopf_settings(settings: OperatorSettings) -> kopf.OperatorSettings:
     kopf_settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
     kopf_settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=API_GROUP, key="last-handled-configuration")
+    # kopf's own API requests (watches, its annotation patches) retry on the
+    # same schedule as a reconcile; a reconcile's retries are the controller's.
     base, cap = settings.retry_base_seconds, settings.retry_max_seconds
     kopf_settings.networking.error_backoffs = [min(cap, base * 2 ** i) for i in range(8)]
     # Children and RayClusters are filtered by the API server, not after
@@ -165,9 +167,10 @@ class Operator:
                 log.error("kopf stopped: %r", error)
                 code = 1
         self.health.phase = Phase.STOPPING
-        # Close health connections first: kopf waits for every task started
-        # after it (their handlers included) before it returns.
+        # Close health connections and pending retries first: kopf waits for
+        # every task started after it (their handlers included) before it returns.
         await self.health_server.stop()
+        await self.controller.close()
         kopf_stop.set()
         for task in (stop, ready, hold):
             if task is not None:

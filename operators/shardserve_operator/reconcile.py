@@ -2,37 +2,25 @@
 
 Level-based and idempotent: it reads what exists and converges it, whatever
 triggered it, so a retry or a duplicate trigger is always safe. Errors leave
-as kopf errors: PermanentError for what only a new spec can fix,
-TemporaryError (with a backoff delay) for what time may fix. What the
-cluster lacks (a KubeRay CRD too old for the render, the model's claim)
-holds every write back and is looked at again after a while: nothing
-announces when it is fixed.
+as they are (typed API errors, or the failures in failures.py); whether and
+when to retry is not decided here but by the controller, from classify().
+What the cluster lacks (a KubeRay CRD too old for the render, the model's
+claim) holds every write back (HeldBackError) and is looked at again after a
+while: nothing announces when it is fixed.
 """
 
 from __future__ import annotations
 
 import logging
-import random
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Optional
 
-import kopf
-
 from shardserve.api.validation import SpecError, parse_deployment
-from shardserve_operator.api_errors import ApiError
 from shardserve_operator.apply import ApplyReport, KubeRayUnsupportedError, apply_children, apply_events, apply_status
 from shardserve_operator.checks import compute_claim_problem, describe_missing_fields, find_claim_names
-from shardserve_operator.failures import (
-    HeldBackError,
-    InvalidSpecError,
-    NotOwnedError,
-    classify,
-    compute_retry_delay,
-    describe_error,
-)
+from shardserve_operator.failures import HeldBackError, InvalidSpecError, NotOwnedError, classify, describe_error
 from shardserve_operator.hashing import cluster_fingerprint_of, fingerprint_of
 from shardserve_operator.kinds import RAYSERVICE, Kind, kind_of
 from shardserve_operator.kube import Kube
@@ -55,24 +43,6 @@ log = logging.getLogger(__name__)
 # Consecutive failed attempts after which ResourcesApplied turns False: one
 # blip (a 409 or a 503) is retried quietly instead of flapping the condition.
 APPLY_FAILED_AFTER = 3
-def retry_later(err: BaseException, attempt: int, settings: OperatorSettings) -> kopf.TemporaryError:
-    retry_after = err.retry_after if isinstance(err, ApiError) else None
-    delay = compute_retry_delay(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds,
-                                retry_after=retry_after, jitter=random.random() * 0.2)
-    return kopf.TemporaryError(f"{describe_error(err)}; retrying in {delay:.2f}s", delay=delay)
-
-
-@contextmanager
-def retried(attempt: int, settings: OperatorSettings) -> Iterator[None]:
-    """Turns an error time may fix (see classify) into kopf.TemporaryError with the backoff delay."""
-    try:
-        yield
-    except kopf.TemporaryError:
-        raise
-    except Exception as err:
-        if classify(err).retriable:
-            raise retry_later(err, attempt, settings) from err
-        raise
 
 
 @dataclass
@@ -109,6 +79,8 @@ def reconcile(
 ) -> ReconcileResult:
     """Converges one ModelDeployment's children and status. Blocking (run it in a thread).
 
+    `attempt` counts the failed reconciles of this object in a row before
+    this one (ResourcesApplied turns False at APPLY_FAILED_AFTER).
     `kuberay_missing` are RayService fields the installed CRD lacks (seen at
     start-up): while there are any, no child is written.
     """
@@ -116,12 +88,11 @@ def reconcile(
     meta = body["metadata"]
     namespace, name, uid, generation = meta["namespace"], meta["name"], meta.get("uid"), meta.get("generation")
     if not uid:
-        raise kopf.PermanentError("the object has no metadata.uid; cannot set owner references")
+        raise InvalidSpecError("the object has no metadata.uid; cannot set owner references")
     previous = dict(body.get("status") or {})
     common = dict(name=name, namespace=namespace, now=now, previous=previous)
 
-    with retried(attempt, settings):
-        observed: Observed = observe_children(kube, namespace, name, uid)
+    observed: Observed = observe_children(kube, namespace, name, uid)
     ours = observed.rayservice if observed.rayservice and is_controlled_by(observed.rayservice, uid) else None
     common["clusters"] = observed.clusters
 
@@ -129,25 +100,22 @@ def reconcile(
         md = parse_deployment(_document(body), source=f"{namespace}/{name}")
     except SpecError as err:
         status = compute_status(None, ours, generation, problems=err.problems, **common)
-        with retried(attempt, settings):
-            _write_status(kube, body, previous, status, now)
+        _write_status(kube, body, previous, status, now)
         # Not retried: only a new spec (a new generation) can fix it.
         raise InvalidSpecError("invalid spec: " + "; ".join(err.problems)) from None
 
     def hold_back(reason: str, message: str) -> HeldBackError:
         """Reports why nothing is written, and when to look again."""
         held = compute_status(md, ours, generation, applied=ApplyOutcome(error=message, reason=reason), **common)
-        with retried(attempt, settings):
-            _write_status(kube, body, previous, held, now)
-        return HeldBackError(f"{namespace}/{name}: {message}", reason, delay=settings.conflict_retry_seconds)
+        _write_status(kube, body, previous, held, now)
+        return HeldBackError(f"{namespace}/{name}: {message}", reason)
 
     if kuberay_missing:
         raise hold_back(KUBERAY_UNSUPPORTED, describe_missing_fields(kuberay_missing))
     desired = render_children(md, settings.render_options(), owner_uid=uid, active_cluster=find_active_cluster(ours))
     # A paused deployment (spec.replicas 0) renders no RayService.
     rendered = next((obj for obj in desired if kind_of(obj) == RAYSERVICE), None)
-    with retried(attempt, settings):
-        claims = {claim: read_claim(kube, namespace, claim) for claim in find_claim_names(rendered)}
+    claims = {claim: read_claim(kube, namespace, claim) for claim in find_claim_names(rendered)}
     absent = [claim for claim, found in claims.items() if found is None]
     if absent:
         raise hold_back(CLAIM_NOT_FOUND, f"PersistentVolumeClaim {namespace}/{absent[0]} (spec.model.source) "
@@ -171,16 +139,13 @@ def reconcile(
                 _write_status(kube, body, previous, failed, now)
             except Exception:  # the API is failing already; the retry will write it
                 log.debug("could not write status of %s/%s", namespace, name, exc_info=True)
-        if failure.retriable:
-            raise retry_later(err, attempt, settings) from err
-        raise kopf.PermanentError(f"the API server rejected a child: {describe_error(err)}") from err
+        raise
 
     # Status describes the children as they are now, after this apply.
     common["clusters"] = report.clusters
     status = compute_status(md, report.current.get(RAYSERVICE), generation, paused=rendered is None,
                             applied=ApplyOutcome(not_owned=tuple(report.not_owned), notices=notices), **common)
-    with retried(attempt, settings):
-        written = _write_status(kube, body, previous, status, now, notices)
+    written = _write_status(kube, body, previous, status, now, notices)
     result = ReconcileResult(
         status_written=written,
         report=report,
@@ -193,5 +158,5 @@ def reconcile(
                  "written" if written else "unchanged")
     if report.not_owned:
         # Nothing announces when the name is freed; look again later.
-        raise NotOwnedError("; ".join(report.not_owned), delay=settings.conflict_retry_seconds)
+        raise NotOwnedError("; ".join(report.not_owned))
     return result

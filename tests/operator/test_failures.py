@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import kopf
 import pytest
 
 from shardserve_operator.api_errors import ApiTransportError, build_api_error
 from shardserve_operator.failures import (
-    Failure,
     HeldBackError,
     InvalidSpecError,
     NotOwnedError,
     classify,
+    compute_backoff,
     describe_error,
 )
 from shardserve_operator.metrics import ERROR_REASONS
+from shardserve_operator.settings import OperatorSettings
 
 # err -> (metrics reason, retriable, ResourcesApplied's reason, polled)
 CASES = [
     (InvalidSpecError("invalid spec: x"), ("invalid_spec", False, "InvalidSpec", False)),
-    (NotOwnedError("Service ns/x exists", delay=1), ("not_owned", True, "NotOwned", True)),
-    (HeldBackError("x", "KubeRayUnsupported", delay=1), ("kuberay_unsupported", True, "KubeRayUnsupported", True)),
-    (HeldBackError("x", "ClaimNotFound", delay=1), ("claim_not_found", True, "ClaimNotFound", True)),
+    (NotOwnedError("Service ns/x exists"), ("not_owned", True, "NotOwned", True)),
+    (HeldBackError("x", "KubeRayUnsupported"), ("kuberay_unsupported", True, "KubeRayUnsupported", True)),
+    (HeldBackError("x", "ClaimNotFound"), ("claim_not_found", True, "ClaimNotFound", True)),
     (build_api_error(409), ("conflict", True, "ApplyFailed", False)),
     (build_api_error(429), ("throttled", True, "ApplyFailed", False)),
     (build_api_error(500), ("server_error", True, "ApplyFailed", False)),
@@ -48,12 +48,21 @@ def test_every_metric_reason_is_one_classify_gives():
     assert {classify(err).reason for err, _ in CASES} == set(ERROR_REASONS)
 
 
-def test_a_kopf_error_is_read_by_its_cause():
-    try:
-        raise kopf.TemporaryError("retrying") from build_api_error(429)
-    except kopf.TemporaryError as err:
-        assert classify(err) == Failure("throttled", True)
-    assert not classify(kopf.PermanentError("no uid")).retriable
+SETTINGS = OperatorSettings(retry_base_seconds=0.5, retry_max_seconds=60, conflict_retry_seconds=30)
+
+
+@pytest.mark.parametrize("err, attempt, delay", [
+    (build_api_error(503), 0, 0.5),
+    (build_api_error(409), 3, 4.0),
+    (ApiTransportError("reset"), 10, 60.0),  # capped
+    (build_api_error(429, headers={"Retry-After": "7"}), 0, 7.0),  # the server's wait wins when longer
+    (build_api_error(429, headers={"Retry-After": "1"}), 4, 8.0),  # ... and never shortens the backoff
+    (ValueError("bug"), 1, 1.0),
+    (NotOwnedError("x"), 0, 30.0),  # polled: the same while, however often
+    (HeldBackError("x", "ClaimNotFound"), 9, 30.0),
+])
+def test_backoff(err, attempt, delay):
+    assert compute_backoff(err, attempt, SETTINGS) == pytest.approx(delay)
 
 
 def test_errors_read_in_the_servers_words_or_with_their_type():

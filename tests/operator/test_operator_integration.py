@@ -221,6 +221,31 @@ async def test_persistent_server_errors_show_in_status(cluster, operator):
                      10, "recovery")
 
 
+async def test_a_child_events_reconcile_is_retried_until_it_succeeds(cluster, operator):
+    """The work queue retries it at the operator's backoff for as long as it takes (no attempt cap)."""
+    await cluster.create_md(tiny_document())
+    await converged(cluster)
+    fault = cluster.emulator.inject("PATCH", r"/modeldeployments/tiny/status$", 503, times=10)
+    await cluster.patch(RS_PATH.format(ns="default") + "/tiny/status", {"status": ready_status()})
+    await eventually(lambda: (cluster.condition("tiny", "Ready") or {}).get("status") == "True", 15, "Ready=True")
+    assert fault.hits == 10
+
+
+async def test_stopping_drops_a_pending_retry(cluster):
+    """kopf waits for every task left at shutdown; a retry due in a minute must not hold the stop."""
+    running = await start_operator(operator_settings(cluster.url, retry_base_seconds=60, retry_max_seconds=60))
+    try:
+        await cluster.create_md(tiny_document())
+        await converged(cluster)
+        fault = cluster.emulator.inject("PATCH", r"/modeldeployments/tiny/status$", 503)
+        await cluster.patch(RS_PATH.format(ns="default") + "/tiny/status", {"status": ready_status()})
+        await eventually(lambda: fault.hits == 1, 10, "the failed reconcile")
+    finally:
+        started = time.monotonic()
+        assert await running.stop() == 0
+    assert time.monotonic() - started < 3
+
+
 async def test_steady_state_writes_nothing_and_costs_a_few_reads(cluster, operator):
     await cluster.create_md(tiny_document())
     await converged(cluster)
