@@ -32,8 +32,9 @@ import copy
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, Optional
 
 import kopf
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 OWN_TRIGGER = "modeldeployment"
 
 
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class _Backoff:
     """One object's failed reconciles in a row, and when the next may start."""
@@ -69,9 +74,11 @@ class _Backoff:
 class Controller:
     """What the handlers of one running operator share."""
 
-    def __init__(self, kube: Kube, settings: OperatorSettings):
+    def __init__(self, kube: Kube, settings: OperatorSettings, clock: Callable[[], datetime] = now_utc):
         self.kube = kube
         self.settings = settings
+        # The wall time status and events are stamped with (lastTransitionTime); backoffs use the loop's clock.
+        self.clock = clock
         self.reconciles = 0
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._seen: dict[tuple[str, str, Kind], str] = {}
@@ -166,7 +173,7 @@ class Controller:
             if self.kuberay_missing:  # look again: KubeRay may have been upgraded since
                 await asyncio.to_thread(self.check_kuberay)
             result = await asyncio.to_thread(reconcile, self.kube, copy.deepcopy(dict(body)), self.settings,
-                                             attempt=backoff.failures if backoff else 0,
+                                             attempt=backoff.failures if backoff else 0, now=self.clock(),
                                              kuberay_missing=self.kuberay_missing)
         except Exception as err:
             self.kube.metrics.observe_reconcile(trigger, time.monotonic() - started, classify(err).reason)
@@ -263,6 +270,12 @@ class Controller:
         """What the metrics' gauges show: the watched ModelDeployments and their children."""
         children = compute_child_counts([kind.kind for kind in CHILD_KINDS], [kind.kind for (_, _, kind) in self._seen])
         return ManagedState(leading=leading, ready=dict(self._ready), children=children)
+
+    def remembers(self, namespace: str, name: str) -> bool:
+        """Whether anything about the ModelDeployment is held: its Ready, children, backoff, a pending retry."""
+        key = (namespace, name)
+        return (key in self._ready or key in self._reconciled or key in self._backoffs or key in self._retries
+                or any(k[:2] == key for k in self._seen) or any(k[:2] == key for k in self._seen_clusters))
 
     def forget(self, namespace: str, name: str) -> None:
         """Drops what is remembered about a deleted ModelDeployment."""

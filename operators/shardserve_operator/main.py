@@ -16,14 +16,15 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any, Optional
 
 import kopf
 
 from shardserve.api.spec import API_GROUP
 from shardserve_operator import naming
-from shardserve_operator.controller import Controller
+from shardserve_operator.controller import Controller, now_utc
 from shardserve_operator.handlers import register
 from shardserve_operator.health import Health, HealthServer, Phase
 from shardserve_operator.kinds import CHILD_KINDS, WATCHED_KINDS
@@ -71,8 +72,9 @@ def _register_login(registry: kopf.OperatorRegistry, settings: OperatorSettings)
 class Operator:
     """One operator process: health server (and /metrics), leader election, kopf."""
 
-    def __init__(self, settings: OperatorSettings):
+    def __init__(self, settings: OperatorSettings, clock: Callable[[], datetime] = now_utc):
         self.settings = settings
+        self.clock = clock
         self.health = Health()
         self.metrics = OperatorMetrics(self.read_managed_state, [kind.kind for kind in CHILD_KINDS])
         self.health_server = HealthServer(self.health, settings.health_host, settings.health_port, self.metrics)
@@ -129,7 +131,7 @@ class Operator:
 
     async def _lead(self, elector: Optional[LeaseElector]) -> int:
         assert self.kube is not None
-        self.controller = Controller(self.kube, self.settings)
+        self.controller = Controller(self.kube, self.settings, self.clock)
         # Before any reconcile: an older KubeRay CRD would drop fields the render needs.
         await asyncio.to_thread(self.controller.check_kuberay)
         await asyncio.to_thread(self.controller.check_own_crd)

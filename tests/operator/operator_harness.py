@@ -8,6 +8,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -100,6 +101,19 @@ class Cluster:
         return None
 
 
+class ShiftedClock:
+    """The wall clock plus an offset the test moves forward, so time passes without waiting."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += timedelta(seconds=seconds)
+
+
 def operator_settings(url: str, **changes: Any) -> OperatorSettings:
     base = OperatorSettings(
         api_server=url,
@@ -120,8 +134,9 @@ class RunningOperator:
     start when it stops), so it never shares the test's loop.
     """
 
-    def __init__(self, settings: OperatorSettings):
-        self.operator = Operator(settings)
+    def __init__(self, settings: OperatorSettings, clock: Optional[ShiftedClock] = None):
+        self.clock = clock or ShiftedClock()
+        self.operator = Operator(settings, self.clock)
         self.exit_code: Optional[int] = None
         self.error: Optional[BaseException] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
