@@ -112,7 +112,7 @@ def reconcile(
 
     if kuberay_missing:
         raise hold_back(KUBERAY_UNSUPPORTED, describe_missing_fields(kuberay_missing))
-    desired = render_children(md, settings.render_options(), owner_uid=uid, active_cluster=find_active_cluster(ours))
+    desired = render_children(md, settings.render, owner_uid=uid, active_cluster=find_active_cluster(ours))
     # A paused deployment (spec.replicas 0) renders no RayService.
     rendered = next((obj for obj in desired if kind_of(obj) == RAYSERVICE), None)
     claims = {claim: read_claim(kube, namespace, claim) for claim in find_claim_names(rendered)}

@@ -53,12 +53,8 @@ class LeaderElection:
 @dataclass(frozen=True)
 class OperatorSettings:
     namespaces: tuple[str, ...] = ()  # () watches every namespace
-    default_image: str = RenderOptions().default_image
-    ray_version: str = RenderOptions().ray_version
-    head_cpu: str = RenderOptions().head_cpu
-    head_memory: str = RenderOptions().head_memory
-    # Node label of each node's GPU product; "" adds no GPU-type affinity.
-    gpu_product_label: str = RenderOptions().gpu_product_label
+    # What the render takes beyond the spec: image, Ray version, head size, GPU product label.
+    render: RenderOptions = field(default_factory=RenderOptions)
     health_host: str = "0.0.0.0"
     health_port: int = 8080  # 0 picks a free port
     # API server URL to talk to without credentials (local development and
@@ -77,15 +73,6 @@ class OperatorSettings:
     def clusterwide(self) -> bool:
         return not self.namespaces
 
-    def render_options(self) -> RenderOptions:
-        return RenderOptions(
-            default_image=self.default_image,
-            ray_version=self.ray_version,
-            head_cpu=self.head_cpu,
-            head_memory=self.head_memory,
-            gpu_product_label=self.gpu_product_label,
-        )
-
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> OperatorSettings:
         """Settings from SHARDSERVE_* variables (POD_NAME/POD_NAMESPACE from the downward API)."""
@@ -99,15 +86,18 @@ class OperatorSettings:
         updates: dict[str, Any] = {}
         if (value := environ.get(ENV_PREFIX + "NAMESPACES")) is not None:
             updates["namespaces"] = _split_namespaces(value)
-        for name, attr in (("DEFAULT_IMAGE", "default_image"), ("RAY_VERSION", "ray_version"),
-                           ("HEAD_CPU", "head_cpu"), ("HEAD_MEMORY", "head_memory"),
-                           ("HEALTH_HOST", "health_host"), ("API_SERVER", "api_server"),
-                           ("LOG_LEVEL", "log_level")):
+        for name, attr in (("HEALTH_HOST", "health_host"), ("API_SERVER", "api_server"), ("LOG_LEVEL", "log_level")):
             if (value := get(name)) is not None:
                 updates[attr] = value
+        render: dict[str, Any] = {}
+        for name, attr in (("DEFAULT_IMAGE", "default_image"), ("RAY_VERSION", "ray_version"),
+                           ("HEAD_CPU", "head_cpu"), ("HEAD_MEMORY", "head_memory")):
+            if (value := get(name)) is not None:
+                render[attr] = value
         # Empty is a value here: it switches the GPU-type node affinity off.
         if (value := environ.get(ENV_PREFIX + "GPU_PRODUCT_LABEL")) is not None:
-            updates["gpu_product_label"] = value
+            render["gpu_product_label"] = value
+        updates["render"] = dataclasses.replace(base.render, **render)
         if (value := get("HEALTH_PORT")) is not None:
             updates["health_port"] = int(value)
         for name, attr in (("RETRY_BASE_SECONDS", "retry_base_seconds"),
@@ -152,9 +142,11 @@ def from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> OperatorS
         updates["namespaces"] = ()
     elif getattr(args, "namespaces", None):
         updates["namespaces"] = _split_namespaces(",".join(args.namespaces))
-    for attr in ("default_image", "health_port", "api_server", "log_level"):
+    for attr in ("health_port", "api_server", "log_level"):
         if getattr(args, attr, None) is not None:
             updates[attr] = getattr(args, attr)
+    if getattr(args, "default_image", None) is not None:
+        updates["render"] = dataclasses.replace(settings.render, default_image=args.default_image)
     lease = settings.leader_election
     if getattr(args, "no_leader_election", False):
         lease = dataclasses.replace(lease, enabled=False)

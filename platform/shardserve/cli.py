@@ -91,7 +91,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
     md = _load_or_exit(args.file, servable_here=False)
     settings = OperatorSettings.from_env(os.environ)
-    sys.stdout.write(render_yaml(render_children(md, settings.render_options())))
+    sys.stdout.write(render_yaml(render_children(md, settings.render)))
     return 0
 
 

@@ -163,12 +163,12 @@ def test_operator_reads_the_settings_the_chart_passes(which, values, request):
     settings = OperatorSettings.from_env(env)
     merged = {**yaml.safe_load((CHART / "values.yaml").read_text()), **values}
     runtime = merged["runtimeImage"]
-    assert settings.default_image == f"{runtime['repository']}:{runtime['tag'] or '0.1.0'}"
+    assert settings.render.default_image == f"{runtime['repository']}:{runtime['tag'] or '0.1.0'}"
     assert settings.namespaces == tuple(merged["watchNamespaces"])
     assert settings.health_port == merged["healthPort"] == container["ports"][0]["containerPort"]
     assert settings.log_level == merged["logLevel"]
-    assert (settings.head_cpu, settings.head_memory) == (merged["rayHead"]["cpu"], merged["rayHead"]["memory"])
-    assert settings.render_options().gpu_product_label == merged["gpuProductLabel"]
+    assert (settings.render.head_cpu, settings.render.head_memory) == (merged["rayHead"]["cpu"], merged["rayHead"]["memory"])
+    assert settings.render.gpu_product_label == merged["gpuProductLabel"]
     lease = settings.leader_election
     assert lease.enabled and lease.lease_namespace == "shardserve-system" and lease.identity == "shardserve-abc12"
     assert deployment["spec"]["replicas"] == merged["replicaCount"]

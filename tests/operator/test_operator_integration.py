@@ -80,7 +80,7 @@ async def test_create_applies_children_with_owner_references(cluster, operator):
     assert rayservice["metadata"]["ownerReferences"] == [owner]
     assert service["metadata"]["ownerReferences"] == [owner]
     assert cluster.ingress("tiny") is None
-    expected = {o["kind"]: o for o in render_children(parse_deployment(created), operator.operator.settings.render_options(),
+    expected = {o["kind"]: o for o in render_children(parse_deployment(created), operator.operator.settings.render,
                                                       owner_uid=uid)}
     assert rayservice["spec"] == expected["RayService"]["spec"]
     assert service["spec"] == expected["Service"]["spec"]

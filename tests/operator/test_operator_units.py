@@ -42,7 +42,7 @@ def test_namespaces_setting(value, namespaces, clusterwide):
 def test_gpu_product_label_setting_reaches_the_render(value, label):
     """The chart's gpuProductLabel; empty switches the GPU-type affinity off (cluster review #14)."""
     env = {} if value is None else {"SHARDSERVE_GPU_PRODUCT_LABEL": value}
-    assert OperatorSettings.from_env(env).render_options().gpu_product_label == label
+    assert OperatorSettings.from_env(env).render.gpu_product_label == label
 
 
 def test_settings_from_env_and_flags():
@@ -50,7 +50,7 @@ def test_settings_from_env_and_flags():
            "POD_NAMESPACE": "shardserve-system", "SHARDSERVE_LEADER_ELECTION": "false",
            "SHARDSERVE_RETRY_MAX_SECONDS": "5"}
     settings = OperatorSettings.from_env(env)
-    assert settings.default_image == "img:1" and settings.render_options().default_image == "img:1"
+    assert settings.render.default_image == "img:1"
     assert settings.health_port == 9000 and settings.retry_max_seconds == 5.0
     lease = settings.leader_election
     assert (lease.enabled, lease.identity, lease.lease_namespace) == (False, "op-0", "shardserve-system")
@@ -59,7 +59,7 @@ def test_settings_from_env_and_flags():
     add_arguments(parser)
     flags = from_args(parser.parse_args(["-n", "a", "-n", "b", "--default-image", "img:2", "--no-leader-election"]),
                       {"SHARDSERVE_NAMESPACES": "c"})
-    assert flags.namespaces == ("a", "b") and flags.default_image == "img:2"
+    assert flags.namespaces == ("a", "b") and flags.render.default_image == "img:2"
     assert flags.leader_election.enabled is False
     everything = from_args(parser.parse_args(["-A"]), {"SHARDSERVE_NAMESPACES": "c"})
     assert everything.clusterwide
