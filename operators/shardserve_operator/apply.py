@@ -288,8 +288,8 @@ def build_event(md: Mapping[str, Any], record: EventRecord, now: datetime) -> di
         # client-go's naming: <object>.<unix nanoseconds in hex>
         "metadata": {"name": f"{meta['name']}.{int(now.timestamp() * 1e9):x}", "namespace": meta["namespace"]},
         "involvedObject": {
-            "apiVersion": md.get("apiVersion", naming.MD_API_VERSION),
-            "kind": md.get("kind", "ModelDeployment"),
+            "apiVersion": md.get("apiVersion", MODEL_DEPLOYMENT.api_version),
+            "kind": md.get("kind", MODEL_DEPLOYMENT.kind),
             "name": meta["name"],
             "namespace": meta["namespace"],
             "uid": meta.get("uid"),

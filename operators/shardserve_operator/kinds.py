@@ -6,6 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from shardserve.api.crd import PLURAL
+from shardserve.api.spec import API_GROUP, API_VERSION, KIND
+
 
 @dataclass(frozen=True)
 class Kind:
@@ -32,7 +35,8 @@ class Kind:
         return path
 
 
-MODEL_DEPLOYMENT = Kind("shardserve.dev/v1alpha1", "ModelDeployment", "modeldeployments")
+# Named once, in the API contract.
+MODEL_DEPLOYMENT = Kind(f"{API_GROUP}/{API_VERSION}", KIND, PLURAL)
 RAYSERVICE = Kind("ray.io/v1", "RayService", "rayservices")
 SERVICE = Kind("v1", "Service", "services")
 INGRESS = Kind("networking.k8s.io/v1", "Ingress", "ingresses")

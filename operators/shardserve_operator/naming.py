@@ -10,11 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any, Optional
 
-from shardserve.api.spec import API_GROUP, API_VERSION, KIND
-from shardserve_operator.kinds import INGRESS, RAYSERVICE, SERVICE, Kind
-
-MD_API_VERSION = f"{API_GROUP}/{API_VERSION}"
-MD_PLURAL = "modeldeployments"
+from shardserve.api.spec import API_GROUP
+from shardserve_operator.kinds import INGRESS, MODEL_DEPLOYMENT, RAYSERVICE, SERVICE, Kind
 
 APP_NAME = "shardserve"
 MANAGER = "shardserve-operator"
@@ -97,8 +94,8 @@ def build_worker_selector(md_name: str) -> str:
 
 def build_owner_reference(md_name: str, uid: str) -> dict[str, Any]:
     return {
-        "apiVersion": MD_API_VERSION,
-        "kind": KIND,
+        "apiVersion": MODEL_DEPLOYMENT.api_version,
+        "kind": MODEL_DEPLOYMENT.kind,
         "name": md_name,
         "uid": uid,
         "controller": True,
@@ -124,7 +121,7 @@ def find_controller(obj: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
 def find_owner_name(obj: Mapping[str, Any]) -> Optional[str]:
     """Name of the ModelDeployment controlling a child, if one does."""
     ref = find_controller(obj)
-    if ref and ref.get("kind") == KIND and ref.get("apiVersion", "").startswith(API_GROUP + "/"):
+    if ref and ref.get("kind") == MODEL_DEPLOYMENT.kind and ref.get("apiVersion", "").startswith(MODEL_DEPLOYMENT.group + "/"):
         return ref.get("name")
     return None
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import kubernetes_validate
 import pytest
 
+from shardserve.api.crd import build_crd
 from shardserve_operator import naming
 from shardserve_operator.apply import build_event, build_replacement, build_status_patch
 from shardserve_operator.failures import compute_retry_delay
@@ -175,6 +176,15 @@ def test_kind_paths():
     assert MODEL_DEPLOYMENT.path("ns", "x", "status") == "/apis/shardserve.dev/v1alpha1/namespaces/ns/modeldeployments/x/status"
     assert LEASE.group == "coordination.k8s.io"
     assert kind_of({"apiVersion": "v1", "kind": "Service"}) is SERVICE
+
+
+def test_the_model_deployment_kind_is_the_crds():
+    crd = build_crd()
+    names, (version,) = crd["spec"]["names"], crd["spec"]["versions"]
+    assert (MODEL_DEPLOYMENT.group, MODEL_DEPLOYMENT.version) == (crd["spec"]["group"], version["name"])
+    assert (MODEL_DEPLOYMENT.kind, MODEL_DEPLOYMENT.plural) == (names["kind"], names["plural"])
+    owner = naming.build_owner_reference("tiny", "u-1")
+    assert (owner["apiVersion"], owner["kind"]) == (MODEL_DEPLOYMENT.api_version, "ModelDeployment")
 
 
 @pytest.mark.parametrize("phase, kopf_ready, failed, live, ready", [
