@@ -64,20 +64,21 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Optional
+from typing import Any, Final, Optional, get_args
 
 from shardserve.api.contract import LLM_DEPLOYMENT
 from shardserve.api.kuberay import compute_rollout_done, find_cluster_names, read_worker_counts
 from shardserve.api.placement import placement_for
-from shardserve.api.spec import ModelDeployment, ModelDeploymentStatus
+from shardserve.api.spec import ConditionType, ModelDeployment, ModelDeploymentStatus
 from shardserve_operator import naming
 
-SPEC_VALID = "SpecValid"
-RESOURCES_APPLIED = "ResourcesApplied"
-SERVE_READY = "ServeReady"
-PROGRESSING = "Progressing"
-READY = "Ready"
-CONDITION_TYPES = (SPEC_VALID, RESOURCES_APPLIED, SERVE_READY, PROGRESSING, READY)
+# The condition types are the API contract's (ConditionType), in the order status lists them.
+SPEC_VALID: Final[ConditionType] = "SpecValid"
+RESOURCES_APPLIED: Final[ConditionType] = "ResourcesApplied"
+SERVE_READY: Final[ConditionType] = "ServeReady"
+PROGRESSING: Final[ConditionType] = "Progressing"
+READY: Final[ConditionType] = "Ready"
+CONDITION_TYPES: tuple[ConditionType, ...] = get_args(ConditionType)
 
 # Reasons (see the table above).
 SPEC_ACCEPTED = "SpecAccepted"
@@ -115,7 +116,7 @@ FAILURE_REASONS = frozenset({INVALID_SPEC, NOT_OWNED, KUBERAY_UNSUPPORTED, CLAIM
 
 @dataclass(frozen=True)
 class ConditionState:
-    type: str
+    type: ConditionType
     status: str  # "True" | "False" | "Unknown"
     reason: str
     message: str = ""
@@ -299,7 +300,7 @@ def _applied_state(md: Optional[ModelDeployment], applied: Optional[ApplyOutcome
     return ConditionState(RESOURCES_APPLIED, "True", APPLIED, message)
 
 
-def _ready_state(states: Mapping[str, ConditionState], generation: Optional[int], endpoint: str) -> ConditionState:
+def _ready_state(states: Mapping[ConditionType, ConditionState], generation: Optional[int], endpoint: str) -> ConditionState:
     blocking = {SPEC_VALID: INVALID_SPEC, RESOURCES_APPLIED: RESOURCES_NOT_APPLIED, SERVE_READY: SERVE_NOT_READY}
     for type_, reason in blocking.items():
         state = states[type_]

@@ -8,7 +8,7 @@ Python. Unknown fields are rejected so a typo fails when the file is loaded.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, get_args
 
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -347,10 +347,15 @@ class ModelDeployment(_Model):
 # ---- status (written by the operator; its schema goes into the CRD) ----
 
 ConditionType = Literal["SpecValid", "ResourcesApplied", "ServeReady", "Progressing", "Ready"]
+_CONDITION_TYPES = get_args(ConditionType)
 
 
 class Condition(_Model):
-    type: str = Field(description="SpecValid, ResourcesApplied, ServeReady, Progressing or Ready.")
+    # The operator writes only ConditionType's, but the CRD keeps the type an open
+    # string, as metav1.Condition does: Helm never upgrades a chart's CRDs, and an
+    # installed CRD enumerating the types would refuse every status write of an
+    # operator that adds one.
+    type: str = Field(description=f"{', '.join(_CONDITION_TYPES[:-1])} or {_CONDITION_TYPES[-1]}.")
     status: Literal["True", "False", "Unknown"]
     reason: str = Field(description="CamelCase reason.")
     message: str = ""
