@@ -32,7 +32,7 @@ from shardserve_operator.hashing import read_hash
 from shardserve_operator.kinds import CHILD_KINDS, EVENT, MODEL_DEPLOYMENT, RAYCLUSTER, RAYSERVICE, Kind, kind_of
 from shardserve_operator.kube import JSON_PATCH, MERGE_PATCH, STRICT, Kube, compute_request_kind
 from shardserve_operator.observe import Observed
-from shardserve_operator.status import EventRecord
+from shardserve_operator.status import EventRecord, format_time
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def apply_status(kube: Kube, namespace: str, name: str, previous: Mapping[str, A
 
 def build_event(md: Mapping[str, Any], record: EventRecord, now: datetime) -> dict[str, Any]:
     meta = md["metadata"]
-    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = format_time(now)
     return {
         "apiVersion": "v1",
         "kind": "Event",

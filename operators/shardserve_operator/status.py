@@ -148,6 +148,7 @@ class EventRecord:
 
 
 def format_time(now: datetime) -> str:
+    """RFC 3339 in UTC to the second, as Kubernetes writes metav1.Time."""
     return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

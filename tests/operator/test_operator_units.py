@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import kubernetes_validate
 import pytest
@@ -149,6 +149,9 @@ def test_events_and_leases_validate_against_kubernetes_schemas():
     event = build_event(md, EventRecord("Warning", "InvalidSpec", "SpecValid is False: spec.x: bad"), T0)
     kubernetes_validate.validate(event, kubernetes_validate.latest_version(), strict=True)
     assert event["metadata"]["name"].startswith("tiny.")
+    # Stamped in UTC whatever the clock's zone (an aware time two hours east: the same instant).
+    east = build_event(md, EventRecord("Normal", "Serving", "x"), T0.astimezone(timezone(timedelta(hours=2))))
+    assert east["firstTimestamp"] == east["lastTimestamp"] == "2026-01-01T12:00:00Z"
     lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
              "metadata": {"name": "shardserve-operator", "namespace": "default"},
              "spec": compute_lease_claim(None, "op-0", T0, 15)}
