@@ -1,12 +1,24 @@
 """The only module that writes what the operator reconciles: children, RayCluster bounds, status, events.
 
-Get -> create, or compare the rendered hash -> replace, as KServe's controller
-does: API servers without server-side apply (and mock servers) behave the
-same, and a replace carrying the resourceVersion that was read fails with 409
-instead of overwriting someone's concurrent change; that 409 is retried once,
-at once, on a fresh read. An object whose controller is not this
-ModelDeployment is never touched. Every write uses strict field validation,
-so a field the installed CRD lacks fails the write instead of vanishing.
+Get -> create, or replace when the child no longer matches its render: API
+servers without server-side apply (and mock servers) behave the same, and a
+replace carrying the resourceVersion that was read fails with 409 instead of
+overwriting someone's concurrent change; that 409 is retried once, at once,
+on a fresh read. An object whose controller is not this ModelDeployment is
+never touched. Every write uses strict field validation, so a field the
+installed CRD lacks fails the write instead of vanishing.
+
+A child matches when its rendered-hash annotation is the new render's (the
+ModelDeployment's spec did not change) and it still holds every value the
+render sets (find_child_drift). So a hand edit of a child (kubectl edit, a
+patch) is reverted by the reconcile its watch event starts, as KServe
+reverts its Deployments: the ModelDeployment is the one place to change a
+child. An edit that kept the hash annotation would otherwise stay unnoticed
+and then vanish at some later, unrelated spec change (KubeRay's hash
+annotation on its RayClusters behaves that way; that is not copied here).
+Fields the render does not set are not compared (the server fills defaults
+in), and a replace writes the spec as rendered; labels, annotations and
+owner references others added are kept.
 
 KubeRay's change hash leaves each worker group's replicas, minReplicas and
 maxReplicas out (shardserve.api.kuberay.HASH_IGNORED_WORKER_FIELDS), so new
@@ -28,6 +40,7 @@ from typing import Any, Optional
 from shardserve_operator import naming
 from shardserve_operator.api_errors import ApiConflict, ApiError, ApiInvalid, ApiNotFound
 from shardserve_operator.checks import describe_unknown_fields, find_unknown_fields
+from shardserve_operator.drift import find_child_drift
 from shardserve_operator.hashing import read_hash
 from shardserve_operator.kinds import CHILD_KINDS, EVENT, MODEL_DEPLOYMENT, RAYCLUSTER, RAYSERVICE, Kind, kind_of
 from shardserve_operator.kube import JSON_PATCH, MERGE_PATCH, STRICT, Kube, compute_request_kind
@@ -164,9 +177,12 @@ def _converge(kube: Kube, kind: Kind, namespace: str, name: str, what: str, owne
             report.not_owned.append(_describe_holder(existing, what))
             return
         if read_hash(dict(existing)) == read_hash(want):
-            report.current[kind] = dict(existing)
-            report.unchanged.append(what)
-            return
+            drift = find_child_drift(want, existing)
+            if drift is None:
+                report.current[kind] = dict(existing)
+                report.unchanged.append(what)
+                return
+            log.info("%s differs from its ModelDeployment at %s (edited by hand?); reverting it", what, drift)
         try:
             report.current[kind] = _write(kube, kind, "PUT", kind.path(namespace, name),
                                           build_replacement(existing, want), what)

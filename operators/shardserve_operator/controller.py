@@ -2,8 +2,8 @@
 
 - one lock per ModelDeployment, so its reconciles never overlap;
 - an echo filter: a child's watch event that only shows what the last
-  reconcile left (same hash, same status) is dropped, so the operator's own
-  writes cost no extra reconcile;
+  reconcile left (same spec, labels, annotations and status) is dropped, so
+  the operator's own writes cost no extra reconcile, while a hand edit does;
 - a backoff memory per object: its failed reconciles in a row and when the
   next may start, which holds for every trigger of that object;
 - the metrics' view of what is managed.

@@ -5,7 +5,7 @@ Two kinds of triggers lead to the same level-based reconcile:
 - the ModelDeployment itself (created, spec/labels changed, found at start):
   kopf's change handlers, retried by kopf on TemporaryError with the
   controller's delay;
-- its children (RayService status, or a Service/Ingress edited or deleted):
+- its children (a RayService's status, or any child edited or deleted):
   watch events, mapped to the owner by its controller reference (the
   controller drops those that only echo its own writes);
 - the RayClusters KubeRay runs for its RayService (worker bounds and pod

@@ -34,14 +34,17 @@ def read_hash(obj: Optional[dict[str, Any]]) -> Optional[str]:
     return (obj.get("metadata", {}).get("annotations") or {}).get(naming.ANNOTATION_RENDERED_HASH)
 
 
-def compute_fingerprint(content_hash: Optional[str], status: Any) -> str:
-    """What an event about a child must differ in to be worth a reconcile."""
-    raw = json.dumps([content_hash, status], sort_keys=True, default=str)
+def compute_fingerprint(parts: Any) -> str:
+    """A short digest of what an event about an object must differ in to be worth a reconcile."""
+    raw = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
 def fingerprint_of(child: Mapping[str, Any]) -> str:
-    return compute_fingerprint(read_hash(dict(child)), child.get("status"))
+    """A child's spec, labels and annotations (the rendered hash among them) and status:
+    an edit to any of them, by hand too, is news; a new resourceVersion alone is not."""
+    meta = child.get("metadata") or {}
+    return compute_fingerprint([child.get("spec"), meta.get("labels"), meta.get("annotations"), child.get("status")])
 
 
 def cluster_fingerprint_of(cluster: Mapping[str, Any]) -> str:
@@ -49,4 +52,4 @@ def cluster_fingerprint_of(cluster: Mapping[str, Any]) -> str:
     groups = [(g.get("groupName"), g.get("replicas"), g.get("minReplicas"), g.get("maxReplicas"))
               for g in ((cluster.get("spec") or {}).get("workerGroupSpecs") or ())]
     counts = read_worker_counts(cluster)
-    return compute_fingerprint(None, [groups, counts and (counts.desired, counts.ready)])
+    return compute_fingerprint([groups, counts and (counts.desired, counts.ready)])

@@ -323,6 +323,25 @@ async def test_deleted_child_is_recreated(cluster, operator):
                      10, "Service recreated")
 
 
+async def test_a_hand_edit_of_a_child_is_reverted(cluster, operator):
+    """kubectl edit of what the render sets is undone, though the hash annotation stays (docs/cluster.md)."""
+    await cluster.create_md(tiny_document())
+    await converged(cluster)
+    rendered_service, rendered_rayservice = cluster.service("tiny"), cluster.rayservice("tiny")
+    await cluster.patch(SVC_PATH.format(ns="default") + "/tiny", {
+        "metadata": {"labels": {naming.LABEL_INSTANCE: None, "team": "x"}},
+        "spec": {"selector": {naming.LABEL_MODEL_DEPLOYMENT: "other"}, "sessionAffinity": "ClientIP"}})
+    await cluster.patch(RS_PATH.format(ns="default") + "/tiny", {"spec": {"rayClusterConfig": {"rayVersion": "2.0.0"}}})
+    await eventually(lambda: cluster.service("tiny")["spec"]["selector"] == rendered_service["spec"]["selector"],
+                     10, "the Service's selector reverted")
+    await eventually(lambda: cluster.rayservice("tiny")["spec"] == rendered_rayservice["spec"], 10, "the RayService")
+    service = cluster.service("tiny")
+    assert service["metadata"]["labels"] == {**rendered_service["metadata"]["labels"], "team": "x"}  # others' kept
+    assert service["spec"] == rendered_service["spec"]  # a replace writes the spec as rendered
+    assert read_hash(service) == read_hash(rendered_service)
+    assert cluster.condition("tiny", "ResourcesApplied")["status"] == "True"
+
+
 async def test_restart_resumes_without_writes(cluster):
     first = await start_operator(operator_settings(cluster.url))
     try:

@@ -1,4 +1,4 @@
-"""Pure parts of the operator: settings, backoff, the Lease claim, replace bodies, health."""
+"""Pure parts of the operator: settings, backoff, the Lease claim, replace bodies, drift, health."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from shardserve.api.crd import build_crd
 from shardserve_operator import naming
 from shardserve_operator.apply import build_event, build_replacement, build_status_patch
+from shardserve_operator.drift import find_child_drift, find_drift
 from shardserve_operator.failures import compute_retry_delay
 from shardserve_operator.health import Health, Phase
 from shardserve_operator.kinds import INGRESS, LEASE, MODEL_DEPLOYMENT, SERVICE, kind_of
@@ -203,3 +204,39 @@ def test_health_answers(phase, kopf_ready, failed, live, ready):
     health.phase, health.kopf_ready, health.kopf_failed = phase, kopf_ready, failed
     assert health.compute_liveness()[0] == live
     assert health.compute_readiness()[0] == ready
+
+
+# ---------------------------------------------------------------- drift of a child from its render
+
+@pytest.mark.parametrize("desired, live, drift", [
+    ({"a": 1, "b": {"c": "x"}}, {"a": 1, "b": {"c": "x", "d": "server default"}, "e": 5}, None),  # extra keys
+    ({"a": 1}, {"a": 2}, "a"),
+    ({"b": {"c": "x"}}, {"b": {"c": "y"}}, "b.c"),
+    ({"b": {"c": "x"}}, {"b": {}}, "b.c"),  # a value removed
+    ({"p": [{"port": 80}, {"port": 81}]}, {"p": [{"port": 80, "protocol": "TCP"}, {"port": 82}]}, "p[1].port"),
+    ({"p": [1, 2]}, {"p": [1]}, "p"),  # a list is compared whole, by length and item
+    ({"flag": False, "n": 0, "s": "", "m": {}, "l": [], "none": None}, {}, None),  # zero or unset: absent is fine
+    ({"flag": True}, {}, "flag"),
+    ({"flag": False}, {"flag": True}, "flag"),
+    ({"n": 1}, {"n": 1.0}, None),  # one JSON number
+    ({"n": 1}, {"n": True}, "n"),
+    ({"n": "1"}, {"n": 1}, "n"),
+])
+def test_drift_is_what_the_render_sets_and_the_server_lacks(desired, live, drift):
+    assert find_drift(desired, live) == drift
+
+
+def test_child_drift_looks_at_spec_labels_and_annotations_only():
+    desired = {"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "tiny", "labels": {"a": "1"}, "annotations": {naming.ANNOTATION_RENDERED_HASH: "h"},
+                            "ownerReferences": [{"uid": "u"}]},
+               "spec": {"selector": {"x": "y"}, "ports": [{"port": 8000}]}}
+    live = {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "tiny", "labels": {"a": "1", "team": "b"}, "resourceVersion": "9",
+                         "annotations": {naming.ANNOTATION_RENDERED_HASH: "h", "note": "kept"}},
+            "spec": {"selector": {"x": "y"}, "ports": [{"port": 8000, "protocol": "TCP"}], "clusterIP": "10.0.0.1"},
+            "status": {"loadBalancer": {}}}
+    assert find_child_drift(desired, live) is None
+    assert find_child_drift(desired, {**live, "spec": {**live["spec"], "selector": {"x": "z"}}}) == "spec.selector.x"
+    unlabelled = {**live, "metadata": {**live["metadata"], "labels": {"team": "b"}}}
+    assert find_child_drift(desired, unlabelled) == "metadata.labels.a"
