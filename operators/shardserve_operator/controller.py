@@ -271,6 +271,10 @@ class Controller:
         children = compute_child_counts([kind.kind for kind in CHILD_KINDS], [kind.kind for (_, _, kind) in self._seen])
         return ManagedState(leading=leading, ready=dict(self._ready), children=children)
 
+    def is_retrying(self, namespace: str, name: str) -> bool:
+        """True from a failed reconcile of the ModelDeployment that time may fix until one succeeds."""
+        return (namespace, name) in self._backoffs
+
     def remembers(self, namespace: str, name: str) -> bool:
         """Whether anything about the ModelDeployment is held: its Ready, children, backoff, a pending retry."""
         key = (namespace, name)

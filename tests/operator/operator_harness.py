@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from cluster_emulator import ClusterEmulator
+from shardserve.api.spec import API_GROUP
 from shardserve_operator.main import Operator
 from shardserve_operator.settings import LeaderElection, OperatorSettings
 
@@ -112,6 +114,13 @@ class ShiftedClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += timedelta(seconds=seconds)
+
+
+def kopf_is_done(md: dict[str, Any]) -> bool:
+    """kopf handled the ModelDeployment's current spec and holds no retry of it, as its annotations say."""
+    annotations = md["metadata"].get("annotations") or {}
+    handled = json.loads(annotations.get(f"{API_GROUP}/last-handled-configuration") or "null")
+    return f"{API_GROUP}/reconcile" not in annotations and (handled or {}).get("spec") == md["spec"]
 
 
 def operator_settings(url: str, **changes: Any) -> OperatorSettings:
