@@ -4,7 +4,7 @@ every error in OpenAI's shape. Everything here runs before a request reaches
 the engine.
 
 The app is served by the model replica itself (`build_ingress_app`): the
-ingress calls the replica's methods in-process (in_process.py), so no Ray hop
+ingress calls the replica's methods in-process (calls.py), so no Ray hop
 lies between the HTTP server and the engine."""
 
 from __future__ import annotations
@@ -29,10 +29,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from shardserve.serve.http.api_keys import KeyStore, bearer_token, key_matches, keys_configured
-from shardserve.serve.http.errors import clean_engine_message, describe_validation_errors, openai_error
-from shardserve.serve.http.in_process import InProcessHandle
-from shardserve.serve.http.limits import RequestLimits, find_invalid_unicode, find_limit_violation
-from shardserve.serve.http.request_lifetime import (
+from shardserve.serve.http.calls import (
+    InProcessHandle,
     TrackedHandle,
     cancel_calls,
     finish_calls,
@@ -40,6 +38,8 @@ from shardserve.serve.http.request_lifetime import (
     timeout_message,
     tracking_calls,
 )
+from shardserve.serve.http.errors import clean_engine_message, describe_validation_errors, openai_error
+from shardserve.serve.http.limits import RequestLimits, find_invalid_unicode, find_limit_violation
 from shardserve.serve.telemetry.metrics import record_rejected
 from shardserve.serve.telemetry.spans import trace_ingress_call
 
