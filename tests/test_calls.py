@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from shardserve.serve.http.calls import InProcessHandle, TrackedHandle, cancel_calls, stream_until, tracking_calls
+from shardserve.serve.http.calls import InProcessHandle, cancel_calls, stream_until, tracking_calls
 
 
 class Replica:
@@ -49,7 +49,7 @@ async def test_awaited_and_streamed_calls_reach_the_replica_in_this_process():
 @pytest.mark.asyncio
 async def test_cancelling_an_idle_stream_closes_the_replicas_generator():
     replica = Replica()
-    handle = TrackedHandle(InProcessHandle(replica))
+    handle = InProcessHandle(replica)
     with tracking_calls() as calls:
         call = handle.options(stream=True).chat.remote({"n": 100})
     assert await anext(call) == ["chunk 0"]
@@ -163,24 +163,15 @@ async def test_an_upstream_failure_ends_the_stream_with_an_error_event_not_a_bro
     assert done == "data: [DONE]" and call.cancelled
 
 
-class Handle:
-    """Stands in for the handle the ingress calls the model replica through."""
-
-    def options(self, **_):
-        return self
-
-    def __getattr__(self, method):
-        return self
-
-    def remote(self, *args):
-        return ("response", args)
-
-
-def test_calls_through_a_tracked_handle_join_the_current_request_only():
-    handle = TrackedHandle(Handle())
-    assert handle.options(stream=True).chat.remote(1) == ("response", (1,))  # outside a request: not recorded
+def test_calls_join_the_request_that_made_them_and_no_other():
+    replica = Replica()
+    handle = InProcessHandle(replica)
+    outside = handle.options(stream=True).chat.remote({"n": 1})  # outside a request: not recorded
     with tracking_calls() as calls:
-        handle.options(stream=True).chat.remote(2)
-        handle.completions.options(stream=True).remote(3)
-    handle.chat.remote(4)
-    assert calls == [("response", (2,)), ("response", (3,))]
+        first = handle.options(stream=True).chat.remote({"n": 1})
+        second = handle.chat.options(stream=True).remote({"n": 2})
+        with tracking_calls() as inner:
+            third = handle.chat.remote({"n": 3})
+    after = handle.chat.remote({"n": 4})
+    assert calls == [first, second] and inner == [third]
+    assert outside not in calls and after not in calls

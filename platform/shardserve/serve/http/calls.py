@@ -9,9 +9,8 @@ interface Ray Serve LLM's OpenAI ingress calls: it only uses
 `handle.options(...)` and `handle.<method>.remote(...)`, and the code below
 `.cancel()` and `.aclose()`; this module provides exactly those.
 
-The ingress records each call a request makes to the model replica
-(`TrackedHandle`, `tracking_calls`) and cancels them when the request times
-out or its client goes away; the replica's stream then closes and vLLM aborts
+Each call joins the list of the request that made it (`tracking_calls`), and
+the ingress cancels them when the request times out or its client goes away; the replica's stream then closes and vLLM aborts
 the request in the engine. A non-streamed answer's calls are closed as soon
 as it is complete (`finish_calls`), so the replica's side ends with it.
 """
@@ -30,6 +29,9 @@ from typing import Any, Optional
 from shardserve.serve.http.errors import INTERNAL_MESSAGE, openai_error
 
 logger = logging.getLogger(__name__)
+
+# The calls the current request made (`tracking_calls`); None outside a request.
+_calls: ContextVar[Optional[list[InProcessCall]]] = ContextVar("shardserve_model_calls", default=None)
 
 
 class InProcessHandle:
@@ -55,7 +57,11 @@ class _InProcessMethod:
         return self
 
     def remote(self, *args: Any, **kwargs: Any) -> InProcessCall:
-        return InProcessCall(self._method, args, kwargs)
+        call = InProcessCall(self._method, args, kwargs)
+        calls = _calls.get()
+        if calls is not None:  # made for a request: it ends with the request
+            calls.append(call)
+        return call
 
 
 class InProcessCall:
@@ -101,41 +107,10 @@ class InProcessCall:
             asyncio.get_running_loop().create_task(stream.aclose())
 
 
-_calls: ContextVar[Optional[list[Any]]] = ContextVar("shardserve_model_calls", default=None)
-
-
-class TrackedHandle:
-    """A deployment handle whose calls join the current request's list."""
-
-    def __init__(self, handle: Any):
-        self._handle = handle
-
-    def options(self, **options: Any) -> TrackedHandle:
-        return TrackedHandle(self._handle.options(**options))
-
-    def __getattr__(self, name: str) -> Any:
-        return _TrackedMethod(getattr(self._handle, name))
-
-
-class _TrackedMethod:
-    def __init__(self, method: Any):
-        self._method = method
-
-    def options(self, **options: Any) -> _TrackedMethod:
-        return _TrackedMethod(self._method.options(**options))
-
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
-        response = self._method.remote(*args, **kwargs)
-        calls = _calls.get()
-        if calls is not None:
-            calls.append(response)
-        return response
-
-
 @contextmanager
-def tracking_calls() -> Iterator[list[Any]]:
+def tracking_calls() -> Iterator[list[InProcessCall]]:
     """The calls made to model replicas inside the block (and by its stream, later)."""
-    calls: list[Any] = []
+    calls: list[InProcessCall] = []
     token = _calls.set(calls)
     try:
         yield calls
@@ -143,12 +118,12 @@ def tracking_calls() -> Iterator[list[Any]]:
         _calls.reset(token)
 
 
-def cancel_calls(calls: list[Any]) -> None:
+def cancel_calls(calls: list[InProcessCall]) -> None:
     for call in calls:
         call.cancel()
 
 
-async def finish_calls(calls: list[Any]) -> None:
+async def finish_calls(calls: list[InProcessCall]) -> None:
     """Closes calls whose answer is complete (a non-streamed response), so the
     replica's side of the request ends now rather than when collected."""
     for call in calls:
@@ -169,7 +144,7 @@ def error_event(status: int, message: str, code: Optional[str]) -> str:
 
 
 async def stream_until(
-    chunks: AsyncIterator[Any], deadline: Optional[float], timeout_s: Optional[float], calls: list[Any],
+    chunks: AsyncIterator[Any], deadline: Optional[float], timeout_s: Optional[float], calls: list[InProcessCall],
 ) -> AsyncIterator[Any]:
     """Passes a stream's chunks on until the deadline (loop time), then ends it with a timeout event.
 

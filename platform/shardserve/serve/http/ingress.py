@@ -31,7 +31,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from shardserve.serve.http.api_keys import KeyStore, bearer_token, key_matches, keys_configured
 from shardserve.serve.http.calls import (
     InProcessHandle,
-    TrackedHandle,
     cancel_calls,
     finish_calls,
     stream_until,
@@ -55,10 +54,6 @@ class ShardserveIngress(OpenAiIngress):
 
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         return await trace_ingress_call("completions", body, _checked_call(super().completions, body, request))
-
-    def _get_configured_serve_handle(self, model_id: str) -> Any:
-        # Calls through this handle can be cancelled when their request ends early.
-        return TrackedHandle(super()._get_configured_serve_handle(model_id))
 
     async def health(self) -> JSONResponse:
         """200 when every model deployment answers its health check, else 503."""
