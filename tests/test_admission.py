@@ -14,10 +14,15 @@ from shardserve.serve.http.limits import RequestLimits
 @pytest.mark.asyncio
 async def test_requests_past_the_replicas_limit_get_an_immediate_429():
     app = build_fastapi_app(RequestLimits(max_ongoing_requests=2, max_queued_requests=1))
-    release = asyncio.Event()
+    release, all_in = asyncio.Event(), asyncio.Event()
+    entered = 0
 
     @app.post("/v1/slow")
     async def slow(request: Request):
+        nonlocal entered
+        entered += 1
+        if entered == 3:
+            all_in.set()
         await release.wait()
         return {"ok": True}
 
@@ -28,7 +33,7 @@ async def test_requests_past_the_replicas_limit_get_an_immediate_429():
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://replica") as client:
         admitted = [asyncio.create_task(client.post("/v1/slow", json={})) for _ in range(3)]
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(all_in.wait(), 10)  # three requests hold the replica's slots
         rejected = await asyncio.gather(*(client.post("/v1/slow", json={}) for _ in range(2)))
         assert (await client.get("/health")).status_code == 200  # never counted or refused
         release.set()

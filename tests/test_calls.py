@@ -14,10 +14,13 @@ from shardserve.serve.http.calls import InProcessHandle, cancel_calls, stream_un
 
 
 class Replica:
-    """Stands in for the model replica: an awaited method and a streaming one."""
+    """Stands in for the model replica: an awaited method and a streaming one
+    whose stream stalls (waits for the engine) after `stall_after` chunks."""
 
-    def __init__(self):
-        self.closed = False
+    def __init__(self, stall_after: int = 1000):
+        self.stall_after = stall_after
+        self.closed = asyncio.Event()
+        self.stalled = asyncio.Event()
         self.sent = 0
 
     async def check_health(self):
@@ -27,11 +30,13 @@ class Replica:
         async def stream():
             try:
                 for i in range(body["n"]):
-                    await asyncio.sleep(0.001)
+                    if i == self.stall_after:
+                        self.stalled.set()
+                        await asyncio.Event().wait()  # an engine step that never ends
                     self.sent += 1
                     yield [f"chunk {i}"]
             finally:
-                self.closed = True
+                self.closed.set()
 
         return stream()
 
@@ -43,7 +48,7 @@ async def test_awaited_and_streamed_calls_reach_the_replica_in_this_process():
     assert await handle.check_health.remote() == "healthy"
     configured = handle.options(stream=True, multiplexed_model_id="tiny").options(session_id="s")
     assert [c async for c in configured.chat.remote({"n": 3}, None)] == [["chunk 0"], ["chunk 1"], ["chunk 2"]]
-    assert replica.closed
+    assert replica.closed.is_set()
 
 
 @pytest.mark.asyncio
@@ -54,42 +59,43 @@ async def test_cancelling_an_idle_stream_closes_the_replicas_generator():
         call = handle.options(stream=True).chat.remote({"n": 100})
     assert await anext(call) == ["chunk 0"]
     cancel_calls(calls)
-    await asyncio.sleep(0.05)
-    assert replica.closed and replica.sent == 1
+    await asyncio.wait_for(replica.closed.wait(), 10)  # closed by the task cancel() started
+    assert replica.sent == 1
     with pytest.raises(StopAsyncIteration):
         await anext(call)
 
 
 @pytest.mark.asyncio
 async def test_cancelling_the_reader_of_a_running_stream_closes_it_too():
-    replica = Replica()
+    replica = Replica(stall_after=2)
     call = InProcessHandle(replica).chat.remote({"n": 100})
 
     async def read_all():
         return [c async for c in call]
 
     reader = asyncio.create_task(read_all())
-    await asyncio.sleep(0.02)
+    await replica.stalled.wait()  # the reader is inside the replica's generator
     reader.cancel()
-    call.cancel()  # while the reader is inside the generator: its cancellation closes it
+    call.cancel()  # a running generator is not closed twice: the reader's cancellation closes it
     with pytest.raises(asyncio.CancelledError):
         await reader
-    await asyncio.sleep(0.01)
-    assert replica.closed and replica.sent < 100
+    assert replica.closed.is_set() and replica.sent == 2
 
 
 class Upstream:
-    """An SSE chunk source that records whether it was closed (the replica's stream)."""
+    """An SSE chunk source that records whether it was closed (the replica's stream);
+    after `stall_after` chunks it waits for an engine step that never ends."""
 
-    def __init__(self, n: int, gap_s: float):
-        self.n, self.gap_s = n, gap_s
+    def __init__(self, n: int, stall_after: int = 1000):
+        self.n, self.stall_after = n, stall_after
         self.sent = 0
         self.closed = False
 
     async def chunks(self):
         try:
             for i in range(self.n):
-                await asyncio.sleep(self.gap_s)
+                if i == self.stall_after:
+                    await asyncio.Event().wait()
                 self.sent += 1
                 yield f"data: {i}\n\n"
         finally:
@@ -113,7 +119,7 @@ async def collect(upstream: Upstream, timeout_s: float, calls=()) -> list[str]:
 
 @pytest.mark.asyncio
 async def test_a_stream_within_the_deadline_passes_unchanged():
-    upstream, call = Upstream(5, 0.001), Call()
+    upstream, call = Upstream(5), Call()
     assert await collect(upstream, timeout_s=5, calls=[call]) == [f"data: {i}\n\n" for i in range(5)]
     assert upstream.closed
     assert not call.cancelled, "a finished stream needs no cancel"
@@ -121,9 +127,9 @@ async def test_a_stream_within_the_deadline_passes_unchanged():
 
 @pytest.mark.asyncio
 async def test_a_stream_past_the_deadline_ends_with_a_504_event_and_closes_upstream():
-    upstream, call = Upstream(1000, 0.01), Call()
+    upstream, call = Upstream(1000, stall_after=3), Call()
     chunks = await collect(upstream, timeout_s=0.1, calls=[call])
-    assert 3 <= len(chunks) - 1 < 20
+    assert len(chunks) == 3 + 1
     assert all(c.startswith("data: ") and c.endswith("\n\n") for c in chunks)
     last = chunks[-1]
     event, done = last.split("\n\n")[:2]
@@ -131,15 +137,12 @@ async def test_a_stream_past_the_deadline_ends_with_a_504_event_and_closes_upstr
     assert error["code"] == "request_timeout" and error["type"] == "timeout_error"
     assert "0.1s" in error["message"]
     assert done == "data: [DONE]"
-    assert upstream.closed and call.cancelled
-    sent = upstream.sent
-    await asyncio.sleep(0.05)
-    assert upstream.sent == sent, "the upstream kept producing after the timeout"
+    assert upstream.closed and call.cancelled  # closed: it cannot produce another chunk
 
 
 @pytest.mark.asyncio
 async def test_a_consumer_that_stops_early_closes_upstream():
-    upstream, call = Upstream(1000, 0.001), Call()
+    upstream, call = Upstream(1000), Call()
     deadline = asyncio.get_running_loop().time() + 5
     stream = stream_until(upstream.chunks(), deadline, 5, [call])
     assert await anext(stream) == "data: 0\n\n"
