@@ -18,8 +18,8 @@ import os
 from collections.abc import AsyncGenerator
 from typing import Any, Optional, TypeVar
 
-from ray.llm._internal.serve.core.server.llm_server import LLMServer
 from ray.llm._internal.serve.utils.batcher import Batcher
+from ray.serve.llm.deployment import LLMServer
 
 from shardserve.api.tracing_env import ENV_TRACES_ENDPOINT
 from shardserve.serve.autoscaling.policy import RUNNING, WAITING
