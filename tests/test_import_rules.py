@@ -5,6 +5,7 @@
   OpenTelemetry, and it imports nothing from the runtime packages.
 - Every name in `shardserve.api.contract` that points at code, and every
   vLLM plugin entry point, names something that exists.
+- Ray's private API is used in one module, `shardserve.serve.ray_private`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ import pytest
 from shardserve.api import contract
 
 ROOT = Path(__file__).resolve().parents[1]
-API = ROOT / "platform" / "shardserve" / "api"
+SHARDSERVE = ROOT / "platform" / "shardserve"
+API = SHARDSERVE / "api"
+RAY_PRIVATE = SHARDSERVE / "serve" / "ray_private.py"
 OPERATOR = ROOT / "operators" / "shardserve_operator"
 HEAVY = ("ray", "vllm", "torch", "transformers", "fastapi", "starlette", "opentelemetry", "numpy", "pandas")
 
@@ -40,6 +43,45 @@ def imported_modules(path: Path) -> Iterator[tuple[int, str]]:
 
 def _is_within(module: str, package: str) -> bool:
     return module == package or module.startswith(package + ".")
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _root_name(node: ast.expr) -> str:
+    while isinstance(node, (ast.Attribute, ast.Call)):
+        node = node.value if isinstance(node, ast.Attribute) else node.func
+    return node.id if isinstance(node, ast.Name) else ""
+
+
+def private_ray_uses(path: Path) -> Iterator[tuple[int, str]]:
+    """(line, what) for each private Ray module or name imported, each private
+    attribute of a name bound to Ray, and each private keyword passed to Ray.
+
+    Private attributes of Ray objects reached through `self` or `super()`
+    (an overridden hook) are beyond a syntax check.
+    """
+    tree = ast.parse(path.read_text())
+    bound: set[str] = set()  # names that refer to Ray modules, classes and functions
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if _is_within(alias.name, "ray"):
+                    bound.add(alias.asname or alias.name.split(".")[0])
+                    if any(map(_is_private, alias.name.split("."))):
+                        yield node.lineno, f"import {alias.name}"
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and _is_within(node.module, "ray"):
+            bound.update(alias.asname or alias.name for alias in node.names)
+            if any(map(_is_private, node.module.split("."))):
+                yield node.lineno, f"from {node.module} import"
+            yield from ((node.lineno, f"{node.module}.{alias.name}") for alias in node.names if _is_private(alias.name))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _is_private(node.attr) and _root_name(node.value) in bound:
+            yield node.lineno, f"{_root_name(node.value)}...{node.attr}"
+        elif isinstance(node, ast.Call) and _root_name(node.func) in bound:
+            yield from ((node.lineno, f"{_root_name(node.func)}(...{k.arg}=)")
+                        for k in node.keywords if k.arg and _is_private(k.arg))
 
 
 def test_the_operator_imports_shardserve_only_through_the_api():
@@ -74,6 +116,31 @@ def test_the_rule_catches_a_runtime_import(tmp_path):
     module = tmp_path / "leaky.py"
     module.write_text("def f():\n    from shardserve.serve.replica import ShardserveServer\n")
     assert [m for _, m in imported_modules(module)] == ["shardserve.serve.replica"]
+
+
+def test_only_ray_private_uses_rays_private_api():
+    found = [f"{path.relative_to(ROOT)}:{line} {what}"
+             for path in sorted(SHARDSERVE.rglob("*.py")) if path != RAY_PRIVATE
+             for line, what in private_ray_uses(path)]
+    assert found == []
+    assert list(private_ray_uses(RAY_PRIVATE)), "the rule sees nothing in the module it exempts"
+
+
+def test_the_private_ray_rule_catches_each_form(tmp_path):
+    module = tmp_path / "leaky.py"
+    module.write_text(
+        "import ray\n"
+        "import ray._private.utils\n"
+        "from ray import serve\n"
+        "from ray.llm._internal.serve.utils.batcher import Batcher\n"
+        "from ray.serve.context import _get_global_client\n"
+        "from ray.serve.llm.deployment import LLMServer\n"
+        "def f(app):\n"
+        "    serve._run(app, _blocking=False)\n"
+        "    ray.init(_metrics_export_port=8080)\n"
+        "    return LLMServer._get_batch_interval_ms, self._llm_config\n"
+    )
+    assert sorted(line for line, _ in private_ray_uses(module)) == [2, 4, 5, 8, 8, 9, 10]
 
 
 @pytest.mark.parametrize("name", ["APP_IMPORT_PATH", "POLICY_CLASS", "SPAN_PROCESSORS_IMPORT_PATH", "SERVER_CLS",

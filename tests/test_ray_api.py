@@ -1,12 +1,19 @@
-"""The Ray Serve LLM classes shardserve builds on: the public ones stand in
-for the internal ones Ray's own code was written against."""
+"""The Ray API shardserve builds on: the public Ray Serve LLM classes stand
+in for the internal ones Ray's own code was written against, and each
+private name `shardserve.serve.ray_private` uses exists in the pinned Ray."""
+
+import gc
+import importlib
+import subprocess
+import sys
 
 import pytest
 from ray.llm._internal.serve.core.configs import openai_api_models as internal_models
 from ray.llm._internal.serve.core.ingress.ingress import OpenAiIngress as InternalOpenAiIngress
 from ray.llm._internal.serve.core.server.llm_server import LLMServer as InternalLLMServer
-from ray.serve.llm import deployment, ingress, openai_api_models
+from ray.serve.llm import LLMConfig, deployment, ingress, openai_api_models
 
+from shardserve.serve import ray_private
 from shardserve.serve.http.ingress import ShardserveIngress
 from shardserve.serve.replica import ShardserveServer
 
@@ -34,3 +41,58 @@ def test_each_public_class_is_an_empty_subclass_of_the_internal_one(public, inte
 def test_the_replica_and_the_ingress_derive_from_the_public_classes():
     assert issubclass(ShardserveServer, deployment.LLMServer)
     assert issubclass(ShardserveIngress, ingress.OpenAiIngress)
+
+
+@pytest.mark.parametrize("name", sorted(ray_private.LOADED_ON_FIRST_USE))
+def test_each_name_loaded_on_first_use_exists_in_the_pinned_ray(name):
+    module = importlib.import_module(ray_private.LOADED_ON_FIRST_USE[name])
+    assert getattr(ray_private, name) is getattr(module, name)
+
+
+def test_the_modules_outside_the_replica_load_no_vllm():
+    """The Serve controller (the policy), every Serve process (tracing) and
+    `shardserve status` import ray_private; vLLM stays out of them."""
+    modules = ["shardserve.serve.ray_private", "shardserve.autoscaling", "shardserve.tracing",
+               "shardserve.serve.telemetry.cold_start", "shardserve.local.status"]
+    code = (f"import importlib, sys; [importlib.import_module(n) for n in {modules!r}]; "
+            "print(sorted({'vllm', 'torch'} & {m.split('.')[0] for m in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+class Engine:
+    """Stands in for vLLM's engine: a streamed chat of five chunks."""
+
+    async def chat(self, request, raw_request_info=None):
+        for i in range(5):
+            yield f"data: {i}\n\n"
+
+
+class Replica(ray_private.BatchingHooks, deployment.LLMServer):
+    batched_here = False
+
+    def batch_output_stream(self, generator):
+        self.batched_here = True
+        return super().batch_output_stream(generator)  # Ray's own batching
+
+
+@pytest.mark.asyncio
+@pytest.mark.filterwarnings("ignore:coroutine 'LLMServer.__del__' was never awaited")  # Ray's async __del__
+async def test_llm_server_batches_a_stream_through_the_hook():
+    config = LLMConfig(model_loading_config={"model_id": "m", "model_source": "/m"},
+                       experimental_configs={"stream_batching_interval_ms": 20})
+    server = Replica.sync_init(config, engine_cls=Engine)
+    server.engine = Engine()  # what start() would build, without starting anything
+    request = openai_api_models.ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                                      stream=True)
+    stream = await server.chat(request)
+    chunks = [chunk async for batch in stream for chunk in batch]
+    assert server.batched_here and chunks == [f"data: {i}\n\n" for i in range(5)]
+    assert server.batch_interval_ms() == 20
+    del server
+    gc.collect()  # here, under this test's warning filter
+
+
+def test_the_replica_overrides_the_batching_hook():
+    assert ShardserveServer._batch_output_stream is ray_private.BatchingHooks._batch_output_stream
+    assert "batch_output_stream" in vars(ShardserveServer)

@@ -109,10 +109,10 @@ def run_local(
     # Read when Ray Serve is imported, and by every Ray process: set first.
     for name, value in RAY_SERVE_ENV.items():
         os.environ.setdefault(name, value)
-    import ray
     from ray import serve
 
     from shardserve.serve.app import build_application
+    from shardserve.serve.ray_private import deploy, init_ray
 
     started = time.monotonic()
     port = options.port or md.spec.serving.port
@@ -132,12 +132,12 @@ def run_local(
     try:
         print(f"shardserve: starting a local Ray ({num_cpus} logical CPUs)", file=out, flush=True)
         _apply_tracing_env(md, out)
-        ray.init(
+        init_ray(
             num_cpus=num_cpus,
             include_dashboard=False,
             log_to_driver=options.verbose,
             logging_level=logging.INFO if options.verbose else logging.WARNING,
-            _metrics_export_port=_metrics_port(options.metrics_port, out),
+            metrics_export_port=_metrics_port(options.metrics_port, out),
         )
         # Ray's core worker installs its own SIGTERM handler (dump and die);
         # take it back so SIGTERM stops everything as Ctrl-C does.
@@ -154,7 +154,7 @@ def run_local(
         print(f"shardserve: deploying {name} (model {md.spec.model.id}, "
               f"tensor {md.spec.parallelism.tensor} x pipeline {md.spec.parallelism.pipeline})",
               file=out, flush=True)
-        serve._run(build_application(md), _blocking=False, name=name, route_prefix="/")
+        deploy(build_application(md), name=name, route_prefix="/")
         _wait_until_running(name, options.deploy_timeout_s, out, started)
         endpoint = f"http://{options.host}:{port}/v1"
         print(f"shardserve: ready in {time.monotonic() - started:.1f}s — OpenAI endpoint {endpoint} "

@@ -13,19 +13,19 @@ from shardserve.serve.telemetry.cold_start import format_phases
 def read_local_status(app_filter: Optional[str] = None) -> list[dict[str, Any]]:
     """Connects to the running local Ray and reads each application's state."""
     import ray
-    from ray.experimental.internal_kv import _internal_kv_get
-    from ray.serve.context import _get_global_client
+
+    from shardserve.serve.ray_private import kv_get, serve_details
 
     ray.init(address="auto", log_to_driver=False, logging_level="ERROR")
     try:
-        details = _get_global_client().get_serve_details()
+        details = serve_details()
         out = []
         for app_name, app in sorted(details.get("applications", {}).items()):
             if app_filter and app_name != app_filter:
                 continue
             llm = app.get("deployments", {}).get(LLM_DEPLOYMENT, {})
-            raw = _internal_kv_get(decision_key(app_name, LLM_DEPLOYMENT), namespace=KV_NAMESPACE)
-            started = _internal_kv_get(cold_start_key(app_name, LLM_DEPLOYMENT), namespace=KV_NAMESPACE)
+            raw = kv_get(decision_key(app_name, LLM_DEPLOYMENT), KV_NAMESPACE)
+            started = kv_get(cold_start_key(app_name, LLM_DEPLOYMENT), KV_NAMESPACE)
             out.append(build_status_row(app_name, app, llm, json.loads(raw) if raw else None,
                                         json.loads(started) if started else None))
         return out

@@ -18,12 +18,12 @@ import os
 from collections.abc import AsyncGenerator
 from typing import Any, Optional, TypeVar
 
-from ray.llm._internal.serve.utils.batcher import Batcher
 from ray.serve.llm.deployment import LLMServer
 
 from shardserve.api.tracing_env import ENV_TRACES_ENDPOINT
 from shardserve.serve.autoscaling.policy import RUNNING, WAITING
 from shardserve.serve.http.limits import RequestLimits
+from shardserve.serve.ray_private import Batcher, BatchingHooks
 from shardserve.serve.telemetry.cold_start import ColdStart
 from shardserve.serve.telemetry.spans import trace_replica_call
 from shardserve.serve.telemetry.tracing import tracing_enabled
@@ -33,7 +33,7 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
-class ShardserveServer(LLMServer):
+class ShardserveServer(BatchingHooks, LLMServer):
     async def __init__(self, llm_config: Any, *, builtin_model: Optional[str] = None,
                        limits: Optional[RequestLimits] = None, require_api_key: bool = False, **kwargs: Any):
         self._builtin_model = builtin_model
@@ -53,12 +53,13 @@ class ShardserveServer(LLMServer):
 
     async def __serve_build_asgi_app__(self) -> Any:
         """The HTTP app Serve runs in this replica (after the engine started)."""
-        from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata
-
         from shardserve.serve.http.ingress import build_ingress_app
+        from shardserve.serve.ray_private import to_model_metadata
 
-        model_id = self._llm_config.model_id
-        return build_ingress_app(self, model_id, to_model_metadata(model_id, self._llm_config),
+        llm_config = await self.llm_config()
+        assert llm_config is not None  # set in the constructor
+        model_id = llm_config.model_id
+        return build_ingress_app(self, model_id, to_model_metadata(model_id, llm_config),
                                  self._limits, self._require_api_key)
 
     async def start(self) -> None:
@@ -89,8 +90,8 @@ class ShardserveServer(LLMServer):
         queue = read_queue()
         return {WAITING: float(queue.waiting), RUNNING: float(queue.running)}
 
-    def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
-        return first_then_batched(generator, self._get_batch_interval_ms())
+    def batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
+        return first_then_batched(generator, self.batch_interval_ms())
 
 
 def _replica_identity() -> tuple[str, str, str]:

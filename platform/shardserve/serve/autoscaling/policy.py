@@ -182,9 +182,9 @@ class QueueDepthPolicy:
         if record == self._published:
             return
         try:
-            from ray.experimental.internal_kv import _internal_kv_put
+            from shardserve.serve.ray_private import kv_put
 
-            _internal_kv_put(decision_key(ctx.app_name, ctx.deployment_name), json.dumps(record), namespace=KV_NAMESPACE)
+            kv_put(decision_key(ctx.app_name, ctx.deployment_name), json.dumps(record), KV_NAMESPACE)
             self._published = record
         except Exception as err:  # status is informative; never fail scaling for it
             logger.warning("could not publish the autoscaling decision: %r", err)

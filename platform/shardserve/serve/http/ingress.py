@@ -17,9 +17,6 @@ from typing import Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException
-from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
-from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware
 from ray.serve.llm.ingress import OpenAiIngress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -37,6 +34,7 @@ from shardserve.serve.http.calls import (
 )
 from shardserve.serve.http.errors import clean_engine_message, describe_validation_errors, openai_error
 from shardserve.serve.http.limits import RequestLimits, find_invalid_unicode, find_limit_violation
+from shardserve.serve.ray_private import DEFAULT_ENDPOINTS, OpenAIHTTPException, SetRequestIdMiddleware
 from shardserve.serve.telemetry.metrics import record_rejected
 from shardserve.serve.telemetry.spans import trace_ingress_call
 
@@ -47,6 +45,13 @@ JSON_TYPES = ("application/json",)
 
 
 class ShardserveIngress(OpenAiIngress):
+    """Ray Serve LLM's OpenAI routes for one model, served by the model replica
+    `server` in this process."""
+
+    def __init__(self, server: Any, model_id: str, model_card: Any):
+        super().__init__(llm_deployments={model_id: InProcessHandle(server)}, model_cards={model_id: model_card})
+        self._server, self._model_id = server, model_id
+
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         return await trace_ingress_call("chat", body, _checked_call(super().chat, body, request))
 
@@ -54,16 +59,13 @@ class ShardserveIngress(OpenAiIngress):
         return await trace_ingress_call("completions", body, _checked_call(super().completions, body, request))
 
     async def health(self) -> JSONResponse:
-        """200 when every model deployment answers its health check, else 503."""
+        """200 when the model replica answers its health check, else 503."""
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(h.check_health.remote() for h in self._default_serve_handles.values())),
-                HEALTH_TIMEOUT_S,
-            )
+            await asyncio.wait_for(self._server.check_health(), HEALTH_TIMEOUT_S)
         except Exception as err:  # any failure means "not ready"
             logger.warning("health check failed: %r", err)
             return JSONResponse(openai_error(503, "model replicas are not ready"), status_code=503)
-        return JSONResponse({"status": "ok", "models": sorted(self._model_cards)})
+        return JSONResponse({"status": "ok", "models": [self._model_id]})
 
 
 async def _checked_call(endpoint: Callable[..., Any], body: Any, request: Request) -> Response:
@@ -348,8 +350,7 @@ def build_ingress_app(server: Any, model_id: str, model_card: Any,
     """The replica's HTTP app: the ingress's routes, calling `server` (the
     model replica itself) in this process."""
     app = build_fastapi_app(limits, require_api_key)
-    ingress = ShardserveIngress(llm_deployments={model_id: InProcessHandle(server)},
-                                model_cards={model_id: model_card})
+    ingress = ShardserveIngress(server, model_id, model_card)
     for name, route in ENDPOINTS.items():
         route(app)(getattr(ingress, name))
     return app

@@ -35,9 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ray.llm._internal.common.callbacks.base import CallbackBase
-
 from shardserve.api.contract import KV_NAMESPACE, WEIGHT_LOAD_FILE_ENV, cold_start_key
+from shardserve.serve.ray_private import CallbackBase, kv_put
 from shardserve.serve.telemetry.tracing import get_tracer, tracing_enabled
 from shardserve.serve.telemetry.weight_load import read_weight_load
 
@@ -190,9 +189,7 @@ class ColdStart:
     def _publish(self, phases: dict[str, float]) -> None:
         record = {"replica": self.replica, "at": self.marks.ready, "phases": {k: round(v, 2) for k, v in phases.items()}}
         try:
-            from ray.experimental.internal_kv import _internal_kv_put
-
-            _internal_kv_put(cold_start_key(self.app, self.deployment), json.dumps(record), namespace=KV_NAMESPACE)
+            kv_put(cold_start_key(self.app, self.deployment), json.dumps(record), KV_NAMESPACE)
         except Exception as err:  # status is informative; never fail a replica for it
             logger.warning("could not publish the cold start: %r", err)
 

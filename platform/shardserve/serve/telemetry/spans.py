@@ -214,7 +214,8 @@ def build_trace_headers(headers: dict[str, str], carrier: dict[str, str]) -> dic
 def _with_current_trace_context(raw_request_info: Any) -> Any:
     """RawRequestInfo whose traceparent is the current span (vLLM reads it from the headers)."""
     from opentelemetry.propagate import inject
-    from ray.llm._internal.serve.core.protocol import RawRequestInfo
+
+    from shardserve.serve.ray_private import RawRequestInfo
 
     carrier: dict[str, str] = {}
     inject(carrier)

@@ -24,6 +24,7 @@ import os
 from typing import Any
 
 from shardserve.api.tracing_env import ENV_TRACES_PROTOCOL, GRPC, HTTP_PROTOBUF
+from shardserve.serve import ray_private
 
 TRACER_NAME = "shardserve"
 
@@ -42,11 +43,7 @@ def otlp_span_processors() -> list[Any]:
 
 def tracing_enabled() -> bool:
     """Whether Serve set up tracing in this process (it does in the proxy and every replica)."""
-    try:
-        from ray.serve._private.tracing_utils import is_tracing_enabled
-    except ImportError:  # another Ray: no Serve tracing to join
-        return False
-    return is_tracing_enabled()
+    return ray_private.tracing_enabled()
 
 
 def get_tracer() -> Any:

@@ -1,0 +1,146 @@
+"""Every use of Ray's private API, in one place.
+
+Written against ray==2.60.0, the release pyproject.toml pins. Ray changes
+private names without notice, so moving the pin means checking each entry
+below against the new release; tests/test_ray_api.py checks that each still
+exists. No other module imports a private Ray path or reaches into a Ray
+object's private attributes (tests/test_import_rules.py).
+
+Where ray.serve.llm has a public class, the code uses that instead
+(LLMServer, OpenAiIngress, the OpenAI request models). What is here has no
+public equivalent in 2.60, and is needed because:
+
+Ray Serve LLM (ray.llm._internal):
+- `CallbackBase`: the base class of an LLMConfig callback; the cold-start
+  callback marks the end of the model download with it.
+- `Batcher` and `BatchingHooks`: LLMServer batches a stream's outputs in its
+  private `_batch_output_stream`, at `_get_batch_interval_ms`; the replica
+  overrides the hook to send the first output alone, then batches the rest
+  with Ray's own batcher.
+- `RawRequestInfo`: the HTTP request as LLMServer hands it to the engine;
+  the replica's span replaces the request's trace context in it.
+- `to_model_metadata`: the model card /v1/models serves, built as Ray's own
+  builder builds it.
+- `OpenAIHTTPException`: what LLMServer and OpenAiIngress raise for a
+  failed request; the ingress answers it in OpenAI's error shape.
+- `DEFAULT_ENDPOINTS`: OpenAiIngress's routes, which the ingress serves
+  (with /health added).
+- `SetRequestIdMiddleware`: gives each request its id (x-request-id), as
+  Ray's own ingress app does; LLMServer hands the id to vLLM.
+
+Ray Serve and Ray core:
+- `tracing_enabled` (ray.serve._private.tracing_utils): whether Serve set up
+  tracing in this process; shardserve's spans join Serve's.
+- `kv_get`/`kv_put` (ray.experimental.internal_kv): the cluster's key-value
+  store; replicas and the autoscaling policy publish there what
+  `shardserve status` shows.
+- `serve_details` (ray.serve.context._get_global_client): the controller's
+  view of each application; `shardserve status` needs each replica's state
+  and the target replica count, which `serve.status()` does not give.
+- `deploy` (ray.serve._run with _blocking=False): starts an application
+  without waiting for it to run, so `shardserve run` reports progress while
+  it starts; `serve.run` always waits.
+- `init_ray` (ray.init's _metrics_export_port): the port of Ray's metrics
+  agent, where `shardserve run` serves /metrics.
+
+The four names that load vLLM (`to_model_metadata`, `OpenAIHTTPException`,
+`DEFAULT_ENDPOINTS`, `SetRequestIdMiddleware`) load on first use: the Serve
+controller (the autoscaling policy), Serve's proxies (tracing) and
+`shardserve status` import this module and must not pay for vLLM.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any, Optional, TypeVar
+
+import ray
+from ray import serve
+from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+from ray.llm._internal.common.callbacks.base import CallbackBase as CallbackBase
+from ray.llm._internal.serve.core.protocol import RawRequestInfo as RawRequestInfo
+from ray.llm._internal.serve.utils.batcher import Batcher as Batcher
+from ray.serve._private.tracing_utils import is_tracing_enabled
+from ray.serve.context import _get_global_client
+from ray.serve.deployment import Application
+
+if TYPE_CHECKING:
+    from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException as OpenAIHTTPException
+    from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata as to_model_metadata
+    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS as DEFAULT_ENDPOINTS
+    from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware as SetRequestIdMiddleware
+    from ray.serve.llm.deployment import LLMServer
+
+    _HooksBase = LLMServer
+else:
+    _HooksBase = object
+
+T = TypeVar("T")
+
+# name -> module, for the names that load vLLM (see the docstring).
+LOADED_ON_FIRST_USE = {
+    "OpenAIHTTPException": "ray.llm._internal.serve.core.configs.openai_api_models",
+    "to_model_metadata": "ray.llm._internal.serve.core.configs.openai_api_models",
+    "DEFAULT_ENDPOINTS": "ray.llm._internal.serve.core.ingress.ingress",
+    "SetRequestIdMiddleware": "ray.llm._internal.serve.core.ingress.middleware",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = LOADED_ON_FIRST_USE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+class BatchingHooks(_HooksBase):
+    """LLMServer's private batching hook and interval, under public names.
+
+    Mixed in before LLMServer: `class Replica(BatchingHooks, LLMServer)`.
+    """
+
+    def batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
+        """How a streamed answer's outputs are batched; LLMServer's own way unless overridden."""
+        return super()._batch_output_stream(generator)
+
+    def batch_interval_ms(self) -> Optional[float]:
+        """How often a stream's batch is sent (the LLMConfig's stream batching interval)."""
+        return super()._get_batch_interval_ms()
+
+    def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
+        return self.batch_output_stream(generator)
+
+
+def tracing_enabled() -> bool:
+    return bool(is_tracing_enabled())
+
+
+def kv_get(key: str, namespace: str) -> Optional[bytes]:
+    value = _internal_kv_get(key, namespace=namespace)
+    return value if isinstance(value, bytes) else None
+
+
+def kv_put(key: str, value: str, namespace: str) -> None:
+    _internal_kv_put(key, value, namespace=namespace)
+
+
+def serve_details() -> dict[str, Any]:
+    """Serve's applications, deployments and replicas, as its controller sees them."""
+    client = _get_global_client()  # raises when no Serve controller runs
+    if client is None:
+        raise RuntimeError("no Serve controller is running")
+    details: dict[str, Any] = client.get_serve_details()
+    return details
+
+
+def deploy(app: Application, name: str, route_prefix: str) -> None:
+    """Deploys `app` and returns at once; `serve.status()` tells when it runs."""
+    serve._run(app, _blocking=False, name=name, route_prefix=route_prefix)
+
+
+def init_ray(*, metrics_export_port: Optional[int], **options: Any) -> None:
+    """`ray.init(**options)`, with Ray's metrics agent on `metrics_export_port` (None: Ray picks)."""
+    ray.init(**options, _metrics_export_port=metrics_export_port)
