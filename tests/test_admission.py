@@ -7,7 +7,7 @@ import httpx
 import pytest
 from fastapi import Request
 
-from shardserve.serve.http.ingress import build_fastapi_app
+from shardserve.serve.http.ingress import _is_v1_post, build_fastapi_app
 from shardserve.serve.http.limits import RequestLimits
 
 
@@ -46,3 +46,16 @@ async def test_requests_past_the_replicas_limit_get_an_immediate_429():
         error = response.json()["error"]
         assert (error["type"], error["code"]) == ("rate_limit_error", "queue_full")
     assert after.status_code == 200  # the slots came back
+
+
+@pytest.mark.parametrize("scope, applies", [
+    ({"type": "http", "method": "POST", "path": "/v1/chat/completions"}, True),
+    ({"type": "http", "method": "POST", "path": "/v1/completions"}, True),
+    ({"type": "http", "method": "GET", "path": "/v1/models"}, False),
+    ({"type": "http", "method": "GET", "path": "/health"}, False),
+    ({"type": "http", "method": "POST", "path": "/tokenize"}, False),
+    ({"type": "http", "method": "POST", "path": "/v1"}, False),
+    ({"type": "lifespan"}, False),
+])
+def test_admission_and_body_checks_apply_to_posts_to_the_openai_api_only(scope, applies):
+    assert _is_v1_post(scope) is applies

@@ -156,6 +156,11 @@ async def _on_openai_exception(_request: Request, exc: OpenAIHTTPException) -> J
     return _error_response(exc.status_code, message, param=param)
 
 
+def _is_v1_post(scope: Scope) -> bool:
+    """A POST to the OpenAI API (/v1/*): what admission and the body checks apply to."""
+    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/")
+
+
 class AdmissionLimit:
     """429 `queue_full` once a replica holds `max_admitted` requests: the engine's
     batch (maxOngoingRequests) plus its queue (maxQueuedRequests). Admitted
@@ -167,7 +172,7 @@ class AdmissionLimit:
         self.admitted = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/")):
+        if not _is_v1_post(scope):
             await self.app(scope, receive, send)
             return
         if self.admitted >= self.max_admitted:
@@ -203,7 +208,7 @@ class JsonBodyOnly:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/"):
+        if _is_v1_post(scope):
             content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
             if content_type.split(";")[0].strip().lower() not in JSON_TYPES:
                 response = _error_response(415, "Content-Type must be application/json", code="unsupported_media_type")
@@ -244,7 +249,7 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not (scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/")):
+        if not _is_v1_post(scope):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
