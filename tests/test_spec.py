@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from shardserve.api.validation import SpecError, load_file, parse_deployment
+from shardserve.api.validation import SpecError, field_path, load_file, parse_deployment
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "manifests" / "examples" / "tiny-cpu.yaml"
@@ -139,3 +139,12 @@ def test_validate_refuses_a_port_ray_takes(tmp_path, capsys):
     path.write_text(yaml.safe_dump(with_spec(serving__port=8265)))
     assert _cli("validate", "--cluster", str(path)) == 2
     assert "spec.serving.port: 8265 is taken in every Ray pod" in capsys.readouterr().err
+
+
+def test_field_path_of_an_error_location():
+    assert field_path(("spec", "engine", "args", "x")) == "spec.engine.args.x"
+    assert field_path(("spec", "tolerations", 0, "key")) == "spec.tolerations[0].key"
+    assert field_path(()) == ""
+    # A request body's location: the root and a union's type name are not fields.
+    loc = ("body", "messages", 0, "ChatCompletionUserMessageParam", "content")
+    assert field_path(loc, skip=lambda part: part == "body" or part[0].isupper()) == "messages[0].content"

@@ -7,6 +7,7 @@ so the CLI, the operator's SpecValid condition and admission say the same.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,11 +32,22 @@ class SpecError(ValueError):
         super().__init__(where + "invalid ModelDeployment:\n  " + "\n  ".join(problems))
 
 
-def _path(loc: tuple[Any, ...]) -> str:
+def field_path(loc: Sequence[int | str], skip: Callable[[str], bool] = lambda part: False) -> str:
+    """A pydantic error location as a path: ('spec', 'models', 0, 'id') -> spec.models[0].id.
+
+    `skip` drops names that are not fields (a root, the type names unions add).
+    """
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(document)"
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not skip(part):
+            out += f".{part}" if out else part
+    return out
+
+
+def _path(loc: Sequence[int | str]) -> str:
+    return field_path(loc) or "(document)"
 
 
 def _describe(error: ErrorDetails) -> str:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any, Optional
 
+from shardserve.api.validation import field_path
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -75,14 +77,8 @@ def _is_type_tag(part: str) -> bool:
 
 def _field_path(loc: Any) -> Optional[str]:
     """('body', 'messages', 0, 'ChatCompletionUserMessageParam', 'content') -> messages[0].content"""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        # Skip the root and the type names unions add to the location.
-        elif part != "body" and not _is_type_tag(part):
-            out += f".{part}" if out else part
-    return out or None
+    # Skip the root and the type names unions add to the location.
+    return field_path(loc, skip=lambda part: part == "body" or _is_type_tag(part)) or None
 
 
 def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, Optional[str]]:
