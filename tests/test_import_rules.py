@@ -143,8 +143,7 @@ def test_the_private_ray_rule_catches_each_form(tmp_path):
     assert sorted(line for line, _ in private_ray_uses(module)) == [2, 4, 5, 8, 8, 9, 10]
 
 
-@pytest.mark.parametrize("name", ["APP_IMPORT_PATH", "POLICY_CLASS", "SPAN_PROCESSORS_IMPORT_PATH", "SERVER_CLS",
-                                  "COLD_START_CALLBACK"])
+@pytest.mark.parametrize("name", ["APP_IMPORT_PATH", "POLICY_CLASS", "SPAN_PROCESSORS_IMPORT_PATH", "COLD_START_CALLBACK"])
 def test_contract_import_paths_name_what_exists(name):
     module, _, attr = getattr(contract, name).partition(":")
     assert callable(getattr(importlib.import_module(module), attr))

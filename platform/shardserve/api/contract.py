@@ -15,9 +15,8 @@ APP_IMPORT_PATH = "shardserve.app:build_app"
 POLICY_CLASS = "shardserve.autoscaling:QueueDepthPolicy"
 SPAN_PROCESSORS_IMPORT_PATH = "shardserve.tracing:otlp_span_processors"
 
-# Named in the LLMConfig the application builds inside Serve's controller.
-SERVER_CLS = "shardserve.serve.replica:ShardserveServer"
-# Marks the end of the model download in a replica's start.
+# Named in the LLMConfig the application builds inside Serve's controller:
+# marks the end of the model download in a replica's start.
 COLD_START_CALLBACK = "shardserve.serve.telemetry.cold_start:ColdStartCallback"
 
 # The Serve deployment of the model replicas, in every application.

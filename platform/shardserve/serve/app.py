@@ -54,7 +54,9 @@ def build_application(md: ModelDeployment, llm_config_dict: Optional[dict[str, A
         llm_config,
         bind_kwargs=bind_kwargs,
         override_serve_options={"name": LLM_DEPLOYMENT},
-        # Late-bound ingress: Serve asks the replica for its HTTP app once the engine runs.
+        # The one place the replica class is named (Ray's builder prefers it to
+        # LLMConfig.server_cls). Late-bound ingress: Serve asks the replica for
+        # its HTTP app once the engine runs.
         deployment_cls=serve.ingress()(ShardserveServer),
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from shardserve.api.contract import COLD_START_CALLBACK, PVC_MOUNT_ROOT, SERVER_CLS
+from shardserve.api.contract import COLD_START_CALLBACK, PVC_MOUNT_ROOT
 from shardserve.api.placement import Placement, cpu_threads_bind, placement_for
 from shardserve.api.quantity import parse_quantity
 from shardserve.api.serve_options import build_deployment_config
@@ -83,7 +83,6 @@ def build_llm_config(md: ModelDeployment, *, builtin_dir: Optional[str] = None) 
         "deployment_config": build_deployment_config(md),
         "experimental_configs": {"stream_batching_interval_ms": STREAM_BATCHING_INTERVAL_MS},
         "runtime_env": {"env_vars": env} if env else None,
-        "server_cls": SERVER_CLS,
         "callback_config": {"callback_class": COLD_START_CALLBACK},
     }
     if spec.resources.accelerator_type:
