@@ -19,7 +19,6 @@ from typing import Any, Optional
 # where the API server prunes it silently); group `resources` in v1.5.0
 # (raycluster_types.go v1.5.0:82); rayClusterDeletionDelaySeconds in v1.5.0
 # (rayservice_types.go v1.5.0:92).
-MIN_KUBERAY_VERSION = (1, 5, 1)
 MIN_KUBERAY_VERSION_TEXT = "1.5.1"
 # The RayService fields an older CRD would drop, as paths under .spec.
 REQUIRED_RAYSERVICE_FIELDS = (
@@ -160,7 +159,6 @@ def check_group_resources(group: Mapping[str, Any]) -> Optional[str]:
 # label follows its proxy's health unless excludeHeadPodFromServeSvc is set,
 # in which case it is always "false" (rayservice_controller.go
 # v1.5.1:1667-1711 updateHeadPodServeLabel).
-SERVE_LABEL = "ray.io/serve"
 
 
 def head_serves(exclude_head_pod_from_serve_svc: bool, head_proxy_healthy: bool) -> bool:
