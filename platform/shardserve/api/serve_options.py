@@ -28,7 +28,7 @@ def build_deployment_config(md: ModelDeployment) -> dict[str, Any]:
     config: dict[str, Any] = {
         "name": LLM_DEPLOYMENT,
         # A replica admits maxOngoingRequests + maxQueuedRequests itself and
-        # answers an OpenAI 429 past that (ingress.AdmissionLimit). Serve's own
+        # answers an OpenAI 429 past that (AdmissionLimit). Serve's own
         # limits sit above it and never reject (Serve's answer is plain text),
         # so excess requests reach the replica and get that 429 at once.
         "max_ongoing_requests": SERVE_LIMIT_FACTOR * (spec.serving.max_ongoing_requests + spec.serving.max_queued_requests),

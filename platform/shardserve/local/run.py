@@ -23,8 +23,9 @@ from shardserve.api.spec import ModelDeployment
 
 logger = logging.getLogger(__name__)
 
-# Logical CPUs for the local Ray: the ingress, the proxy and the replica
-# actors each reserve one, while the real cores go to vLLM's workers.
+# Logical CPUs for the local Ray (what it schedules by, not cores): each
+# replica's actor and each of its vLLM workers reserve one, while the real
+# cores go to vLLM's workers.
 MIN_LOGICAL_CPUS = 8
 DEPLOY_TIMEOUT_S = 900.0
 # Ray's metrics agent serves every metric (Ray's, Serve's, vLLM's, ours) in

@@ -15,7 +15,7 @@ from shardserve.api.serve_options import build_deployment_config
 from shardserve.api.spec import ModelDeployment, ModelSpec
 
 # A stream's outputs after the first are sent in batches this often (Ray Serve
-# LLM's default); the replica sends the first at once (server.first_then_batched).
+# LLM's default); the replica sends the first at once (first_then_batched).
 STREAM_BATCHING_INTERVAL_MS = 50
 
 

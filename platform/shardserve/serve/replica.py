@@ -7,7 +7,7 @@
 - sends a stream's first output at once, batching only the rest (Ray Serve
   LLM's batcher holds the first token back for a whole interval), and
 - measures its own start in phases (cold_start.py) and, with tracing on,
-  wraps each engine call in a span whose child is vLLM's own (request_spans.py).
+  wraps each engine call in a span whose child is vLLM's own (spans.py).
 """
 
 from __future__ import annotations

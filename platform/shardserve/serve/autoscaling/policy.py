@@ -2,7 +2,7 @@
 
 A replica batches continuously, so its count of ongoing requests says little
 about overload; the engine's queue of *waiting* requests does. Each replica
-reports its vLLM scheduler's waiting and running counts (engine_stats.py);
+reports its vLLM scheduler's waiting and running counts (engine_queue.py);
 requests still queued in Serve's handles, not yet given to any replica, count
 as waiting too.
 

@@ -1,6 +1,6 @@
 """API keys for /v1/*: where they come from, and the constant-time check.
 
-Sources, read in the ingress replica's process (never at build time, so no
+Sources, read in each model replica's process (never at build time, so no
 key travels inside the Serve config):
 
 - `SHARDSERVE_API_KEYS`: comma-separated keys (local runs);

@@ -10,9 +10,10 @@ interface Ray Serve LLM's OpenAI ingress calls: it only uses
 `.cancel()` and `.aclose()`; this module provides exactly those.
 
 Each call joins the list of the request that made it (`tracking_calls`), and
-the ingress cancels them when the request times out or its client goes away; the replica's stream then closes and vLLM aborts
-the request in the engine. A non-streamed answer's calls are closed as soon
-as it is complete (`finish_calls`), so the replica's side ends with it.
+the ingress cancels them when the request times out or its client goes away;
+the replica's stream then closes and vLLM aborts the request in the engine.
+A non-streamed answer's calls are closed as soon as it is complete
+(`finish_calls`), so the replica's side ends with it.
 """
 
 from __future__ import annotations

@@ -217,8 +217,9 @@ class JsonBodyOnly:
         await self.app(scope, receive, send)
 
 
-# Serve's HTTP proxy (uvicorn + httptools) takes headers of any size; nginx's
-# default is 4 x 8 KiB. OpenAI clients send well under 2 KiB.
+# HAProxy, in front of the replica, holds headers up to 64 KiB
+# (RAY_SERVE_ENV); below that, this limit answers in OpenAI's shape. nginx's
+# default is 4 x 8 KiB; OpenAI clients send well under 2 KiB.
 MAX_HEADER_BYTES = 32 * 1024
 
 

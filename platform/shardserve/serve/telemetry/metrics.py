@@ -27,11 +27,12 @@ def _application_name() -> str:
 
 
 def record_rejected(reason: str) -> None:
-    """One request turned away before reaching a model replica (HTTP 429)."""
+    """One request the replica's admission limit turned away (HTTP 429)."""
     global _rejected
     if _rejected is None:
         from ray.util.metrics import Counter
 
-        _rejected = Counter(REJECTED, "Requests rejected with HTTP 429 before reaching a model replica, by reason "
-                            "(queue_full: serving.maxQueuedRequests reached).", tag_keys=("application", "reason"))
+        _rejected = Counter(REJECTED, "Requests a model replica's admission limit turned away with HTTP 429 before "
+                            "they reached the engine, by reason (queue_full: the replica held "
+                            "serving.maxOngoingRequests + maxQueuedRequests).", tag_keys=("application", "reason"))
     _rejected.inc(tags={"application": _application_name(), "reason": reason})

@@ -5,8 +5,9 @@
           └ llm_request       vLLM's engine span: prompt and completion tokens, time to
                               first token, time in queue, end-to-end latency
 
-Ray Serve's own spans (proxy, handle routing, replica) sit around and between
-these, and Serve carries the W3C trace context across processes. The replica
+Ray Serve's own spans (its proxy's, when Serve proxies, and the replica's
+request span) sit around these, and Serve carries the W3C trace context
+across processes. The replica
 hands the engine its own span as `traceparent`, replacing the client's, so
 vLLM's span is the replica span's child.
 
