@@ -206,7 +206,8 @@ class ServingSpec(_Model):
     max_ongoing_requests: int = Field(default=64, ge=1, le=100_000, description="Requests one replica serves at once.")
     max_queued_requests: int = Field(
         default=256, ge=0, le=1_000_000,
-        description="Requests waiting across the deployment beyond which new ones get HTTP 429.",
+        description="Requests one replica holds waiting beyond the maxOngoingRequests it serves; past both, "
+        "the replica answers new ones HTTP 429 at once.",
     )
     request_timeout_seconds: float = Field(default=600, gt=0, le=86_400, description="End-to-end limit for one request.")
     api_key_secret: Optional[str] = Field(
