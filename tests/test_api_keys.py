@@ -8,6 +8,7 @@ from fastapi import Request
 from fastapi.testclient import TestClient
 
 from shardserve.api.contract import KEYS_ENV, KEYS_FILE_ENV
+from shardserve.serve.http import api_keys
 from shardserve.serve.http.api_keys import KeyStore, bearer_token, key_matches, keys_configured, parse_keys
 
 
@@ -39,6 +40,20 @@ def test_key_matches_any_key_and_nothing_else():
     assert not key_matches(None, ("a",))
     assert not key_matches("a", ())
     assert not key_matches("\udcff", ("a",))  # undecodable header text does not raise
+
+
+def test_key_matches_compares_values_of_one_length_whatever_the_keys(monkeypatch):
+    """compare_digest's time depends on its inputs' lengths: it only sees digests."""
+    compared = []
+
+    def compare_digest(a, b):
+        compared.append((len(a), len(b)))
+        return a == b
+
+    monkeypatch.setattr(api_keys.hmac, "compare_digest", compare_digest)
+    assert key_matches("a-much-longer-key-than-the-other", ("short", "a-much-longer-key-than-the-other"))
+    assert not key_matches("x", ("short",))
+    assert compared == [(32, 32)] * 3
 
 
 def test_env_keys():

@@ -16,6 +16,7 @@ restart and a request costs no file read.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -50,14 +51,20 @@ def bearer_token(authorization: Optional[str]) -> Optional[str]:
 
 
 def key_matches(token: Optional[str], keys: Iterable[str]) -> bool:
-    """Constant-time over every key: the time does not tell which key was close."""
+    """Constant-time over every key: the time tells neither which key was close
+    nor how long the keys are (compare_digest runs on SHA-256 digests, all of
+    one length; on raw bytes its time depends on their lengths)."""
     if token is None:
         return False
-    given = token.encode("utf-8", "surrogatepass")
+    given = _digest(token.encode("utf-8", "surrogatepass"))
     found = False
     for key in keys:
-        found |= hmac.compare_digest(given, key.encode("utf-8"))
+        found |= hmac.compare_digest(given, _digest(key.encode("utf-8")))
     return found
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.sha256(data).digest()
 
 
 def keys_configured(environ: Optional[Mapping[str, str]] = None) -> bool:
