@@ -9,11 +9,24 @@ from fastapi import Request
 
 from shardserve.serve.http.ingress import _is_v1_post, build_fastapi_app
 from shardserve.serve.http.limits import RequestLimits
+from shardserve.serve.telemetry import metrics
+
+
+class Counter:
+    """Stands in for the rejected-requests counter (a Ray metric)."""
+
+    def __init__(self):
+        self.tags = []
+
+    def inc(self, tags):
+        self.tags.append(tags)
 
 
 @pytest.mark.asyncio
-async def test_requests_past_the_replicas_limit_get_an_immediate_429():
-    app = build_fastapi_app(RequestLimits(max_ongoing_requests=2, max_queued_requests=1))
+async def test_requests_past_the_replicas_limit_get_an_immediate_429(monkeypatch):
+    counter = Counter()
+    monkeypatch.setattr(metrics, "_rejected", counter)
+    app = build_fastapi_app(RequestLimits(max_ongoing_requests=2, max_queued_requests=1), application="chat-app")
     release, all_in = asyncio.Event(), asyncio.Event()
     entered = 0
 
@@ -46,6 +59,7 @@ async def test_requests_past_the_replicas_limit_get_an_immediate_429():
         error = response.json()["error"]
         assert (error["type"], error["code"]) == ("rate_limit_error", "queue_full")
     assert after.status_code == 200  # the slots came back
+    assert counter.tags == [{"application": "chat-app", "reason": "queue_full"}] * 2
 
 
 @pytest.mark.parametrize("scope, applies", [

@@ -16,8 +16,10 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
+from ray import serve
 from ray.serve.llm.deployment import LLMServer
 
 from shardserve.api.tracing_env import ENV_TRACES_ENDPOINT
@@ -33,13 +35,29 @@ T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ReplicaIdentity:
+    replica: str  # Serve's replica id
+    application: str
+    deployment: str
+
+    @classmethod
+    def from_serve(cls) -> ReplicaIdentity:
+        """The Serve replica running this code."""
+        ctx = serve.get_replica_context()
+        return cls(ctx.replica_id.unique_id, ctx.app_name, ctx.deployment)
+
+
 class ShardserveServer(BatchingHooks, LLMServer):
     async def __init__(self, llm_config: Any, *, builtin_model: Optional[str] = None,
-                       limits: Optional[RequestLimits] = None, require_api_key: bool = False, **kwargs: Any):
+                       limits: Optional[RequestLimits] = None, require_api_key: bool = False,
+                       identity: Optional[ReplicaIdentity] = None, **kwargs: Any):
+        """`identity` defaults to the Serve replica's own."""
         self._builtin_model = builtin_model
         self._limits, self._require_api_key = limits, require_api_key
-        self._replica, app, deployment = _replica_identity()
-        self._cold_start: Optional[ColdStart] = ColdStart(llm_config.model_id, app, deployment, self._replica)
+        self._identity = identity or ReplicaIdentity.from_serve()
+        self._cold_start: Optional[ColdStart] = ColdStart(llm_config.model_id, self._identity.application,
+                                                          self._identity.deployment, self._identity.replica)
         if tracing_enabled() and os.environ.get(ENV_TRACES_ENDPOINT):
             # vLLM's span per request (tokens, time to first token, queue).
             llm_config.update_engine_kwargs(otlp_traces_endpoint=os.environ[ENV_TRACES_ENDPOINT])
@@ -60,7 +78,7 @@ class ShardserveServer(BatchingHooks, LLMServer):
         assert llm_config is not None  # set in the constructor
         model_id = llm_config.model_id
         return build_ingress_app(self, model_id, to_model_metadata(model_id, llm_config),
-                                 self._limits, self._require_api_key)
+                                 self._limits, self._require_api_key, self._identity.application)
 
     async def start(self) -> None:
         if getattr(self, "_builtin_model", None):
@@ -78,10 +96,11 @@ class ShardserveServer(BatchingHooks, LLMServer):
             cold_start.ready()
 
     async def chat(self, request: Any, raw_request_info: Any = None) -> Any:
-        return await trace_replica_call("chat", request, raw_request_info, super().chat, self._replica)
+        return await trace_replica_call("chat", request, raw_request_info, super().chat, self._identity.replica)
 
     async def completions(self, request: Any, raw_request_info: Any = None) -> Any:
-        return await trace_replica_call("completions", request, raw_request_info, super().completions, self._replica)
+        return await trace_replica_call("completions", request, raw_request_info, super().completions,
+                                        self._identity.replica)
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The engine's queue, pushed by Serve to the autoscaling policy."""
@@ -92,17 +111,6 @@ class ShardserveServer(BatchingHooks, LLMServer):
 
     def batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
         return first_then_batched(generator, self.batch_interval_ms())
-
-
-def _replica_identity() -> tuple[str, str, str]:
-    """(replica id, application, deployment) of the Serve replica running this code."""
-    from ray import serve
-
-    try:
-        ctx = serve.get_replica_context()
-        return ctx.replica_id.unique_id, ctx.app_name, ctx.deployment
-    except Exception:  # outside Serve (tests)
-        return "", "", ""
 
 
 async def first_then_batched(generator: AsyncGenerator[T, None], interval_ms: Optional[float]) -> AsyncGenerator[list[T], None]:

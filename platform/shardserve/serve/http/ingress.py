@@ -164,11 +164,13 @@ def _is_v1_post(scope: Scope) -> bool:
 class AdmissionLimit:
     """429 `queue_full` once a replica holds `max_admitted` requests: the engine's
     batch (maxOngoingRequests) plus its queue (maxQueuedRequests). Admitted
-    requests wait in vLLM's own scheduler queue, where the autoscaler sees them."""
+    requests wait in vLLM's own scheduler queue, where the autoscaler sees them.
+    Rejections count in the metrics of Serve application `application`."""
 
-    def __init__(self, app: ASGIApp, max_admitted: int):
+    def __init__(self, app: ASGIApp, max_admitted: int, application: str = ""):
         self.app = app
         self.max_admitted = max_admitted
+        self.application = application
         self.admitted = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -176,7 +178,7 @@ class AdmissionLimit:
             await self.app(scope, receive, send)
             return
         if self.admitted >= self.max_admitted:
-            await _queue_full()(scope, receive, send)
+            await _queue_full(self.application)(scope, receive, send)
             return
         self.admitted += 1
         try:
@@ -185,9 +187,9 @@ class AdmissionLimit:
             self.admitted -= 1
 
 
-def _queue_full() -> JSONResponse:
+def _queue_full(application: str) -> JSONResponse:
     # The replica's queue is full: tell the client at once when to come back.
-    record_rejected("queue_full")
+    record_rejected(application, "queue_full")
     return _error_response(
         429,
         f"the model's queue is full; retry after {RETRY_AFTER_S}s",
@@ -332,7 +334,10 @@ class ApiKeyAuth:
         await self.app(scope, receive, send)
 
 
-def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: bool = False) -> FastAPI:
+def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: bool = False,
+                      application: str = "") -> FastAPI:
+    """The app with the checks every request passes; `application` names the
+    Serve application in metrics."""
     limits = limits or RequestLimits()
     app = FastAPI()
     app.state.limits = limits
@@ -344,18 +349,18 @@ def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: b
     # Outermost last: request id, header size, API key, admission, body size, content type.
     app.add_middleware(JsonBodyOnly)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)
-    app.add_middleware(AdmissionLimit, max_admitted=limits.max_admitted)
+    app.add_middleware(AdmissionLimit, max_admitted=limits.max_admitted, application=application)
     app.add_middleware(ApiKeyAuth, required=require_api_key)
     app.add_middleware(HeaderSizeLimit)
     app.add_middleware(SetRequestIdMiddleware)
     return app
 
 
-def build_ingress_app(server: Any, model_id: str, model_card: Any,
-                      limits: Optional[RequestLimits] = None, require_api_key: bool = False) -> FastAPI:
+def build_ingress_app(server: Any, model_id: str, model_card: Any, limits: Optional[RequestLimits] = None,
+                      require_api_key: bool = False, application: str = "") -> FastAPI:
     """The replica's HTTP app: the ingress's routes, calling `server` (the
     model replica itself) in this process."""
-    app = build_fastapi_app(limits, require_api_key)
+    app = build_fastapi_app(limits, require_api_key, application)
     ingress = ShardserveIngress(server, model_id, model_card)
     for name, route in ENDPOINTS.items():
         route(app)(getattr(ingress, name))

@@ -11,22 +11,9 @@ from typing import Any, Optional
 
 REJECTED = "shardserve_rejected_requests"
 _rejected: Optional[Any] = None
-_application: Optional[str] = None
 
 
-def _application_name() -> str:
-    global _application
-    if _application is None:
-        try:
-            from ray import serve
-
-            _application = serve.get_replica_context().app_name
-        except Exception:  # outside a Serve replica
-            _application = ""
-    return _application
-
-
-def record_rejected(reason: str) -> None:
+def record_rejected(application: str, reason: str) -> None:
     """One request the replica's admission limit turned away (HTTP 429)."""
     global _rejected
     if _rejected is None:
@@ -35,4 +22,4 @@ def record_rejected(reason: str) -> None:
         _rejected = Counter(REJECTED, "Requests a model replica's admission limit turned away with HTTP 429 before "
                             "they reached the engine, by reason (queue_full: the replica held "
                             "serving.maxOngoingRequests + maxQueuedRequests).", tag_keys=("application", "reason"))
-    _rejected.inc(tags={"application": _application_name(), "reason": reason})
+    _rejected.inc(tags={"application": application, "reason": reason})
