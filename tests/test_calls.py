@@ -178,3 +178,34 @@ def test_calls_join_the_request_that_made_them_and_no_other():
     after = handle.chat.remote({"n": 4})
     assert calls == [first, second] and inner == [third]
     assert outside not in calls and after not in calls
+
+
+class Body:
+    """A response body as Starlette allows it: an async iterable, not a generator
+    (no __anext__ of its own, and an iterator with no aclose)."""
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+
+    def __aiter__(self):
+        return self.Iterator(iter(self.chunks))
+
+    class Iterator:
+        def __init__(self, chunks):
+            self.chunks = chunks
+
+        async def __anext__(self):
+            try:
+                return next(self.chunks)
+            except StopIteration:
+                raise StopAsyncIteration from None
+
+
+@pytest.mark.asyncio
+async def test_any_async_iterable_body_streams_and_ends_cleanly():
+    deadline = asyncio.get_running_loop().time() + 5
+    chunks = [f"data: {i}\n\n" for i in range(3)]
+    assert [c async for c in stream_until(Body(chunks), deadline, 5, [])] == chunks
+    early = stream_until(Body(chunks), deadline, 5, [Call()])
+    assert await anext(early) == chunks[0]
+    await early.aclose()  # a consumer that stops: nothing to close upstream, and no error

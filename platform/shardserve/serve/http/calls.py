@@ -22,7 +22,7 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Generator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Optional
@@ -145,22 +145,25 @@ def error_event(status: int, message: str, code: Optional[str]) -> str:
 
 
 async def stream_until(
-    chunks: AsyncIterator[Any], deadline: Optional[float], timeout_s: Optional[float], calls: list[InProcessCall],
-) -> AsyncIterator[Any]:
+    chunks: AsyncIterable[Any], deadline: Optional[float], timeout_s: Optional[float], calls: list[InProcessCall],
+) -> AsyncGenerator[Any, None]:
     """Passes a stream's chunks on until the deadline (loop time), then ends it with a timeout event.
 
     A failure upstream ends the stream with an error event instead of a
     broken connection. When the stream ends early (deadline, failure, or the
     client went away), the calls feeding it are cancelled.
     Only the wait for the next chunk runs under the timeout, never the yield.
+    `chunks` is a response's body: any async iterable (Starlette's type), so
+    it is closed only when it can be.
     """
+    iterator = aiter(chunks)
     complete = False
     try:
         while True:
             timer = asyncio.timeout_at(deadline)
             try:
                 async with timer:
-                    chunk = await anext(chunks)
+                    chunk = await anext(iterator)
             except StopAsyncIteration:
                 complete = True
                 return
@@ -178,4 +181,6 @@ async def stream_until(
     finally:
         if not complete:
             cancel_calls(calls)
-        await chunks.aclose()
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
