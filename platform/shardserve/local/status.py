@@ -4,6 +4,7 @@ that `shardserve run` started."""
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Optional
 
 from shardserve.api.contract import KV_NAMESPACE, LLM_DEPLOYMENT, cold_start_key, decision_key
@@ -16,7 +17,7 @@ def read_local_status(app_filter: Optional[str] = None) -> list[dict[str, Any]]:
 
     from shardserve.serve.ray_private import kv_get, serve_details
 
-    ray.init(address="auto", log_to_driver=False, logging_level="ERROR")
+    ray.init(address="auto", log_to_driver=False, logging_level=logging.ERROR)
     try:
         details = serve_details()
         out = []

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import Any, Optional, TypeVar, cast
 
 from ray import serve
 from ray.serve.llm.deployment import LLMServer
@@ -49,9 +49,11 @@ class ReplicaIdentity:
 
 
 class ShardserveServer(BatchingHooks, LLMServer):
-    async def __init__(self, llm_config: Any, *, builtin_model: Optional[str] = None,
-                       limits: Optional[RequestLimits] = None, require_api_key: bool = False,
-                       identity: Optional[ReplicaIdentity] = None, **kwargs: Any):
+    # Serve awaits an async constructor, as it does LLMServer's own.
+    async def __init__(  # type: ignore[misc]
+        self, llm_config: Any, *, builtin_model: Optional[str] = None, limits: Optional[RequestLimits] = None,
+        require_api_key: bool = False, identity: Optional[ReplicaIdentity] = None, **kwargs: Any,
+    ):
         """`identity` defaults to the Serve replica's own."""
         self._builtin_model = builtin_model
         self._limits, self._require_api_key = limits, require_api_key
@@ -81,11 +83,12 @@ class ShardserveServer(BatchingHooks, LLMServer):
                                  self._limits, self._require_api_key, self._identity.application)
 
     async def start(self) -> None:
-        if getattr(self, "_builtin_model", None):
+        builtin_model: Optional[str] = getattr(self, "_builtin_model", None)
+        if builtin_model:
             from shardserve.builtin.tiny import ensure_builtin_model
 
-            path = await asyncio.to_thread(ensure_builtin_model, self._builtin_model)
-            logger.info("builtin model %s ready at %s", self._builtin_model, path)
+            path = await asyncio.to_thread(ensure_builtin_model, builtin_model)
+            logger.info("builtin model %s ready at %s", builtin_model, path)
         await super().start()
 
     async def check_health(self) -> None:
@@ -121,4 +124,5 @@ async def first_then_batched(generator: AsyncGenerator[T, None], interval_ms: Op
         return
     yield [first]
     async for batch in Batcher(generator, interval_ms=interval_ms).stream():
-        yield batch
+        # Ray types a batch as an iterable; its batcher yields the list it drained.
+        yield cast(list[T], batch)

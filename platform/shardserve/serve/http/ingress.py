@@ -12,16 +12,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable
-from typing import Any, Optional
+from collections.abc import Awaitable, Callable
+from typing import Any, Optional, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.ingress import OpenAiIngress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shardserve.serve.http.api_keys import KeyStore, bearer_token, key_matches, keys_configured
 from shardserve.serve.http.calls import (
@@ -49,13 +50,17 @@ class ShardserveIngress(OpenAiIngress):
     `server` in this process."""
 
     def __init__(self, server: Any, model_id: str, model_card: Any):
-        super().__init__(llm_deployments={model_id: InProcessHandle(server)}, model_cards={model_id: model_card})
+        # Stands in for a DeploymentHandle: the ingress calls options() and <method>.remote() only.
+        handle = cast("DeploymentHandle[Any]", InProcessHandle(server))
+        super().__init__(llm_deployments={model_id: handle}, model_cards={model_id: model_card})
         self._server, self._model_id = server, model_id
 
-    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+    # FastAPI, the routes' only caller, parses bodies into ray.serve.llm's public
+    # request classes: subclasses of the internal ones the base class names.
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:  # type: ignore[override]
         return await trace_ingress_call("chat", body, _checked_call(super().chat, body, request))
 
-    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:  # type: ignore[override]
         return await trace_ingress_call("completions", body, _checked_call(super().completions, body, request))
 
     async def health(self) -> JSONResponse:
@@ -274,7 +279,7 @@ class BodySizeLimit:
                 break
         replayed = False
 
-        async def replay() -> dict:
+        async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
@@ -334,6 +339,14 @@ class ApiKeyAuth:
         await self.app(scope, receive, send)
 
 
+E = TypeVar("E", bound=Exception)
+
+
+def _add_exception_handler(app: FastAPI, kind: type[E], handler: Callable[[Request, E], Awaitable[Response]]) -> None:
+    """Starlette types every handler as taking any exception; each of these takes the class it answers."""
+    app.add_exception_handler(kind, cast(Callable[[Request, Exception], Awaitable[Response]], handler))
+
+
 def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: bool = False,
                       application: str = "") -> FastAPI:
     """The app with the checks every request passes; `application` names the
@@ -341,11 +354,11 @@ def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: b
     limits = limits or RequestLimits()
     app = FastAPI()
     app.state.limits = limits
-    app.add_exception_handler(RequestValidationError, _on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, _on_http_exception)
-    app.add_exception_handler(OpenAIHTTPException, _on_openai_exception)
-    app.add_exception_handler(RequestLimitError, _on_limit_error)
-    app.add_exception_handler(Exception, _on_unexpected)
+    _add_exception_handler(app, RequestValidationError, _on_validation_error)
+    _add_exception_handler(app, StarletteHTTPException, _on_http_exception)
+    _add_exception_handler(app, OpenAIHTTPException, _on_openai_exception)
+    _add_exception_handler(app, RequestLimitError, _on_limit_error)
+    _add_exception_handler(app, Exception, _on_unexpected)
     # Outermost last: request id, header size, API key, admission, body size, content type.
     app.add_middleware(JsonBodyOnly)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_request_bytes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -106,7 +107,8 @@ def find_limit_violation(body: Any, limits: RequestLimits) -> Optional[LimitViol
     """The first parameter of a completion or chat body beyond the limits, else None."""
     if not isinstance(body, dict):
         return None
-    checks = [
+    max_tokens = limits.max_tokens if limits.max_tokens is not None else 2**31 - 1
+    checks: list[Callable[[], Optional[LimitViolation]]] = [
         lambda: _check_max(body, "n", limits.max_n, low=1),
         lambda: _check_max(body, "best_of", limits.max_n, low=1),
         lambda: _check_range(body, "temperature", *TEMPERATURE_RANGE),
@@ -114,12 +116,9 @@ def find_limit_violation(body: Any, limits: RequestLimits) -> Optional[LimitViol
         lambda: _check_max(body, "top_logprobs", MAX_LOGPROBS),
         # Chat's logprobs is a bool; completions' is a count.
         lambda: _check_max(body, "logprobs", MAX_LOGPROBS),
+        lambda: _check_max(body, "max_tokens", max_tokens, low=1),
+        lambda: _check_max(body, "max_completion_tokens", max_tokens, low=1),
     ]
-    for param in ("max_tokens", "max_completion_tokens"):
-        if limits.max_tokens is not None:
-            checks.append(lambda p=param: _check_max(body, p, limits.max_tokens, low=1))
-        else:
-            checks.append(lambda p=param: _check_max(body, p, 2**31 - 1, low=1))
     for check in checks:
         found = check()
         if found:
