@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from typing import Any, Optional, TypeVar, cast
 
 from ray import serve
+from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from shardserve.api.tracing_env import ENV_TRACES_ENDPOINT
 from shardserve.serve.autoscaling.policy import RUNNING, WAITING
 from shardserve.serve.http.limits import RequestLimits
-from shardserve.serve.ray_private import Batcher, BatchingHooks
+from shardserve.serve.ray_private import Batcher, BatchingHooks, RawRequestInfo
 from shardserve.serve.telemetry.cold_start import ColdStart
 from shardserve.serve.telemetry.spans import trace_replica_call
 from shardserve.serve.telemetry.tracing import tracing_enabled
@@ -51,7 +53,7 @@ class ReplicaIdentity:
 class ShardserveServer(BatchingHooks, LLMServer):
     # Serve awaits an async constructor, as it does LLMServer's own.
     async def __init__(  # type: ignore[misc]
-        self, llm_config: Any, *, builtin_model: Optional[str] = None, limits: Optional[RequestLimits] = None,
+        self, llm_config: LLMConfig, *, builtin_model: Optional[str] = None, limits: Optional[RequestLimits] = None,
         require_api_key: bool = False, identity: Optional[ReplicaIdentity] = None, **kwargs: Any,
     ):
         """`identity` defaults to the Serve replica's own."""
@@ -98,10 +100,16 @@ class ShardserveServer(BatchingHooks, LLMServer):
         if cold_start is not None:
             cold_start.ready()
 
-    async def chat(self, request: Any, raw_request_info: Any = None) -> Any:
+    # The routes parse bodies into ray.serve.llm's public request classes,
+    # subclasses of the internal ones LLMServer names.
+    async def chat(  # type: ignore[override]
+        self, request: ChatCompletionRequest, raw_request_info: Optional[RawRequestInfo] = None,
+    ) -> AsyncGenerator[Any, None]:
         return await trace_replica_call("chat", request, raw_request_info, super().chat, self._identity.replica)
 
-    async def completions(self, request: Any, raw_request_info: Any = None) -> Any:
+    async def completions(  # type: ignore[override]
+        self, request: CompletionRequest, raw_request_info: Optional[RawRequestInfo] = None,
+    ) -> AsyncGenerator[Any, None]:
         return await trace_replica_call("completions", request, raw_request_info, super().completions,
                                         self._identity.replica)
 

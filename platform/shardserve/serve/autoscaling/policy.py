@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from ray.serve.config import AutoscalingContext
+
 from shardserve.api.contract import KV_NAMESPACE, decision_key
 
 # Serve's own logger: its lines land in the controller log beside Serve's decisions.
@@ -112,7 +114,7 @@ def compute_scaling(inputs: ScalingInputs, bounds: ScalingBounds) -> ScalingDeci
 
 # ---- Ray Serve glue -------------------------------------------------------
 
-def inputs_from_context(ctx: Any) -> ScalingInputs:
+def inputs_from_context(ctx: AutoscalingContext) -> ScalingInputs:
     """Reads the window Serve aggregated for this deployment."""
     metrics = ctx.aggregated_metrics or {}
     waiting = sum(metrics.get(WAITING, {}).values())
@@ -139,7 +141,7 @@ class QueueDepthPolicy:
         self._published: Optional[dict[str, Any]] = None
         self._gauges: Optional[dict[str, Any]] = None
 
-    def __call__(self, ctx: Any) -> tuple[int, dict[str, Any]]:
+    def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
         target, capacity, up_delay, down_delay = self._settings
         bounds = ScalingBounds(ctx.capacity_adjusted_min_replicas, ctx.capacity_adjusted_max_replicas,
                                target, capacity, up_delay, down_delay)
@@ -156,7 +158,7 @@ class QueueDepthPolicy:
         self._record_metrics(ctx, decision)
         return decision.desired_replicas, state
 
-    def _record_metrics(self, ctx: Any, decision: ScalingDecision) -> None:
+    def _record_metrics(self, ctx: AutoscalingContext, decision: ScalingDecision) -> None:
         """Queue gauges beside Serve's own serve_autoscaling_desired_replicas."""
         if self._gauges is None:
             from ray.util.metrics import Gauge
@@ -172,19 +174,20 @@ class QueueDepthPolicy:
         for key, gauge in self._gauges.items():
             gauge.set(float(decision.inputs[key]), tags=values)
 
-    def _publish(self, ctx: Any, decision: ScalingDecision) -> None:
+    def _publish(self, ctx: AutoscalingContext, decision: ScalingDecision) -> None:
         """Latest decision into Ray's key-value store, for `shardserve status`.
 
         Written when the decision or its rounded inputs change, so a steady
         deployment writes nothing.
         """
-        record = build_decision_record(ctx.app_name, ctx.deployment_name, decision)
+        app = ctx.app_name or ""  # Serve names no application for a deployment outside one
+        record = build_decision_record(app, ctx.deployment_name, decision)
         if record == self._published:
             return
         try:
             from shardserve.serve.ray_private import kv_put
 
-            kv_put(decision_key(ctx.app_name, ctx.deployment_name), json.dumps(record), KV_NAMESPACE)
+            kv_put(decision_key(app, ctx.deployment_name), json.dumps(record), KV_NAMESPACE)
             self._published = record
         except Exception as err:  # status is informative; never fail scaling for it
             logger.warning("could not publish the autoscaling decision: %r", err)

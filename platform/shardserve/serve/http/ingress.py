@@ -12,12 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Optional, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from ray.serve.handle import DeploymentHandle
+from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.ingress import OpenAiIngress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -40,6 +41,7 @@ from shardserve.serve.telemetry.metrics import record_rejected
 from shardserve.serve.telemetry.spans import trace_ingress_call
 
 logger = logging.getLogger(__name__)
+Body = TypeVar("Body")
 HEALTH_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 1
 JSON_TYPES = ("application/json",)
@@ -49,7 +51,7 @@ class ShardserveIngress(OpenAiIngress):
     """Ray Serve LLM's OpenAI routes for one model, served by the model replica
     `server` in this process."""
 
-    def __init__(self, server: Any, model_id: str, model_card: Any):
+    def __init__(self, server: LLMServer, model_id: str, model_card: Any):
         # Stands in for a DeploymentHandle: the ingress calls options() and <method>.remote() only.
         handle = cast("DeploymentHandle[Any]", InProcessHandle(server))
         super().__init__(llm_deployments={model_id: handle}, model_cards={model_id: model_card})
@@ -73,7 +75,7 @@ class ShardserveIngress(OpenAiIngress):
         return JSONResponse({"status": "ok", "models": [self._model_id]})
 
 
-async def _checked_call(endpoint: Callable[..., Any], body: Any, request: Request) -> Response:
+async def _checked_call(endpoint: Callable[[Body, Request], Awaitable[Response]], body: Body, request: Request) -> Response:
     """Body checks first; past the request timeout the client gets a 504 and the
     engine stops generating."""
     await _check_body(request)
@@ -140,7 +142,8 @@ ENDPOINTS: dict[str, Callable[[FastAPI], Any]] = {
 }
 
 
-def _error_response(status: int, message: str, param: Any = None, code: Any = None, headers: Any = None) -> JSONResponse:
+def _error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                    headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
     return JSONResponse(openai_error(status, message, param=param, code=code), status_code=status, headers=headers)
 
 
@@ -369,7 +372,7 @@ def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: b
     return app
 
 
-def build_ingress_app(server: Any, model_id: str, model_card: Any, limits: Optional[RequestLimits] = None,
+def build_ingress_app(server: LLMServer, model_id: str, model_card: Any, limits: Optional[RequestLimits] = None,
                       require_api_key: bool = False, application: str = "") -> FastAPI:
     """The replica's HTTP app: the ingress's routes, calling `server` (the
     model replica itself) in this process."""

@@ -33,12 +33,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from shardserve.api.contract import KV_NAMESPACE, WEIGHT_LOAD_FILE_ENV, cold_start_key
 from shardserve.serve.ray_private import CallbackBase, kv_put
 from shardserve.serve.telemetry.tracing import get_tracer, tracing_enabled
 from shardserve.serve.telemetry.weight_load import read_weight_load
+
+if TYPE_CHECKING:  # ray.serve.llm loads vLLM; `shardserve status` imports this module
+    from ray.serve.llm import LLMConfig
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +97,11 @@ class ColdStartCallback(CallbackBase):
         self.ctx.custom_data[MODEL_FETCHED_KEY] = time.time()
 
 
-def read_model_fetched(llm_config: Any) -> Optional[float]:
+def read_model_fetched(llm_config: LLMConfig) -> Optional[float]:
     try:
-        return llm_config.get_or_create_callback().ctx.custom_data.get(MODEL_FETCHED_KEY)
-    except Exception:  # another callback class, or none yet
+        callback = llm_config.get_or_create_callback()
+        return callback.ctx.custom_data.get(MODEL_FETCHED_KEY) if callback is not None else None
+    except Exception:  # another callback class
         return None
 
 
@@ -130,7 +134,7 @@ class ColdStart:
         with trace.use_span(self.span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
             yield
 
-    def engine_started(self, llm_config: Any) -> None:
+    def engine_started(self, llm_config: LLMConfig) -> None:
         """After the engine started: collect the marks the callback and the plugin left."""
         loaded = read_weight_load(self.weight_load_file)
         self._forget_weight_load_file()

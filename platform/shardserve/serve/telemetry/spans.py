@@ -20,11 +20,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
+from starlette.responses import Response, StreamingResponse
+
+from shardserve.serve.ray_private import RawRequestInfo
 from shardserve.serve.telemetry.tracing import get_tracer, tracing_enabled
+
+Req = TypeVar("Req")
 
 OPERATIONS = {"chat": "chat", "completions": "text_completion"}
 REPLICA_ATTRIBUTE = "shardserve.replica"
@@ -167,7 +172,7 @@ def _set_error_status(span: Any, status_code: Optional[int], message: str) -> No
         span.set_status(Status(StatusCode.ERROR, message))
 
 
-async def trace_ingress_call(endpoint: str, body: Any, call: Awaitable[Any]) -> Any:
+async def trace_ingress_call(endpoint: str, body: Any, call: Awaitable[Response]) -> Response:
     """Awaits the ingress endpoint's `call` inside a request span; a streamed
     response keeps the span open until its last chunk is sent."""
     if not tracing_enabled():
@@ -187,15 +192,14 @@ async def trace_ingress_call(endpoint: str, body: Any, call: Awaitable[Any]) -> 
     status = response.status_code
     span.set_attributes(build_status_attributes(status))
     _set_error_status(span, status, f"HTTP {status}")
-    iterator = getattr(response, "body_iterator", None)
-    if iterator is None:
-        span.end()
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = _end_span_after(span, response.body_iterator)
     else:
-        response.body_iterator = _end_span_after(span, iterator)
+        span.end()
     return response
 
 
-async def _end_span_after(span: Any, iterator: Any) -> AsyncGenerator[Any, None]:
+async def _end_span_after(span: Any, iterator: AsyncIterable[Any]) -> AsyncGenerator[Any, None]:
     try:
         async for chunk in iterator:
             yield chunk
@@ -212,11 +216,9 @@ def build_trace_headers(headers: dict[str, str], carrier: dict[str, str]) -> dic
     return {**kept, **carrier}
 
 
-def _with_current_trace_context(raw_request_info: Any) -> Any:
+def _with_current_trace_context(raw_request_info: Optional[RawRequestInfo]) -> RawRequestInfo:
     """RawRequestInfo whose traceparent is the current span (vLLM reads it from the headers)."""
     from opentelemetry.propagate import inject
-
-    from shardserve.serve.ray_private import RawRequestInfo
 
     carrier: dict[str, str] = {}
     inject(carrier)
@@ -225,8 +227,10 @@ def _with_current_trace_context(raw_request_info: Any) -> Any:
     return dataclasses.replace(raw_request_info, headers=build_trace_headers(dict(raw_request_info.headers), carrier))
 
 
-async def trace_replica_call(endpoint: str, request: Any, raw_request_info: Any,
-                             call: Callable[[Any, Any], Awaitable[Any]], replica: str) -> Any:
+async def trace_replica_call(
+    endpoint: str, request: Req, raw_request_info: Optional[RawRequestInfo],
+    call: Callable[[Req, Optional[RawRequestInfo]], Awaitable[AsyncGenerator[Any, None]]], replica: str,
+) -> AsyncGenerator[Any, None]:
     """Runs the replica's engine call inside a span that ends with the engine's stream."""
     if not tracing_enabled():
         return await call(request, raw_request_info)
