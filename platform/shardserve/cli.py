@@ -9,12 +9,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from shardserve.api.spec import ModelDeployment
 from shardserve.api.validation import SpecError, check_servable_here, load_file
 
 EXIT_INVALID = 2
 
 
-def _load_or_exit(path: str, *, servable_here: bool = True):
+def _load_or_exit(path: str, *, servable_here: bool = True) -> ModelDeployment:
     """The file's ModelDeployment; with `servable_here`, also one `shardserve run` can serve."""
     try:
         md = load_file(path)
@@ -187,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    status: int = args.func(args)
+    return status
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ import math
 import os
 import random
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from shardserve.bench.stats import parse_goodput
 from shardserve.bench.workload import (
     DEFAULT_TIMEOUT_S,
+    RequestSpec,
     WorkloadError,
     iter_file_requests,
     iter_random_requests,
@@ -100,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     compare.add_argument("--log-dir", type=Path, help="where the servers' logs go (default: a new temporary directory)")
 
 
-def _write_json(target: Optional[str], data: dict) -> None:
+def _write_json(target: Optional[str], data: dict[str, Any]) -> None:
     if not target:
         return
     text = json.dumps(data, indent=2, default=str) + "\n"
@@ -110,7 +112,7 @@ def _write_json(target: Optional[str], data: dict) -> None:
         Path(target).write_text(text)
 
 
-def _requests(args: argparse.Namespace):
+def _requests(args: argparse.Namespace) -> Iterator[RequestSpec]:
     rng = random.Random(args.seed)
     if args.prompts:
         return iter_file_requests(read_jsonl_requests(args.prompts, args.output_len), rng, shuffle=args.shuffle)

@@ -54,10 +54,12 @@ def _spread(values: Sequence[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values), "values": list(values)}
 
 
-def compute_comparison(rounds: Sequence[dict[str, dict[int, dict[str, Any]]]], concurrencies: Sequence[int]) -> dict[int, dict]:
+def compute_comparison(
+    rounds: Sequence[dict[str, dict[int, dict[str, Any]]]], concurrencies: Sequence[int],
+) -> dict[int, dict[str, Any]]:
     """Per concurrency: shardserve/bare ratios of output tokens/s and TPOT p50,
     and the TTFT p50 shardserve adds, each pairing servers within a round."""
-    summary: dict[int, dict] = {}
+    summary: dict[int, dict[str, Any]] = {}
     for c in concurrencies:
         pairs = [(r[BARE][c], r[SHARDSERVE][c]) for r in rounds]
         summary[c] = {
@@ -80,7 +82,7 @@ def format_level_line(server: str, c: int, m: dict[str, Any]) -> str:
             f"  ({m['completed']} requests{failed})")
 
 
-def format_summary(summary: dict[int, dict], rounds: int) -> str:
+def format_summary(summary: dict[int, dict[str, Any]], rounds: int) -> str:
     lines = [f"shardserve / bare vLLM, median [min, max] of {rounds} round(s):"]
     for c, s in summary.items():
         t, d, p = s["throughput_ratio"], s["ttft_p50_added_ms"], s["tpot_p50_ratio"]

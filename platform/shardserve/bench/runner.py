@@ -124,7 +124,7 @@ async def run_load(
             else:
                 bar.update(1)
 
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[None]] = []
     start = time.perf_counter()
     try:
         while config.num_requests is None or len(tasks) < config.num_requests:

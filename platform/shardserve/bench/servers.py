@@ -16,13 +16,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import httpx
 
 from shardserve.api.placement import placement_for
 from shardserve.api.spec import ModelDeployment
 from shardserve.serve.llm_config import build_engine_kwargs, build_llm_config, resolve_model_source
+
+if TYPE_CHECKING:
+    import psutil
 
 READY_TIMEOUT_S = 900.0
 STOP_TIMEOUT_S = 120.0
@@ -105,7 +108,7 @@ class ServerProcess:
     port: int
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
-    process: Optional[subprocess.Popen] = None
+    process: Optional[subprocess.Popen[bytes]] = None
     ready_after_s: Optional[float] = None
 
     @property
@@ -143,7 +146,7 @@ class ServerProcess:
             time.sleep(1.0)
         raise ServerError(f"{self.name} not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
 
-    def _session(self) -> list:
+    def _session(self) -> list[psutil.Process]:
         import psutil
 
         found = []

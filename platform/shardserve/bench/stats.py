@@ -21,7 +21,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 MS = 1000.0
 DEFAULT_PERCENTILES = (50.0, 90.0, 99.0)
@@ -68,7 +68,7 @@ class Distribution:
     percentiles: dict[float, float]
     count: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "mean_ms": self.mean, "std_ms": self.std, "median_ms": self.median, "count": self.count,
             **{f"p{_label(p)}_ms": v for p, v in self.percentiles.items()},
@@ -140,7 +140,7 @@ class Metrics:
     e2el: Distribution
     tokens_from_usage: bool
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "duration_s": self.duration_s,
             "completed": self.completed,

@@ -22,7 +22,7 @@ import asyncio
 import inspect
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Generator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Generator, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Optional
@@ -68,7 +68,7 @@ class _InProcessMethod:
 class InProcessCall:
     """One call: awaited for a single result, or iterated for a stream."""
 
-    def __init__(self, method: Any, args: tuple, kwargs: dict):
+    def __init__(self, method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
         self._method, self._args, self._kwargs = method, args, kwargs
         self._stream: Optional[AsyncIterator[Any]] = None
         self._cancelled = False

@@ -166,7 +166,7 @@ async def _on_openai_exception(_request: Request, exc: OpenAIHTTPException) -> J
 
 def _is_v1_post(scope: Scope) -> bool:
     """A POST to the OpenAI API (/v1/*): what admission and the body checks apply to."""
-    return scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/")
+    return bool(scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/"))
 
 
 class AdmissionLimit:

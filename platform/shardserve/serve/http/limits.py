@@ -89,14 +89,14 @@ def _message_chars(message: Any) -> int:
     return 0
 
 
-def _check_range(body: dict, param: str, low: float, high: float) -> Optional[LimitViolation]:
+def _check_range(body: dict[str, Any], param: str, low: float, high: float) -> Optional[LimitViolation]:
     value = _number(body.get(param))
     if value is not None and not low <= value <= high:
         return LimitViolation(f"{param} must be between {low:g} and {high:g}, got {value:g}", param)
     return None
 
 
-def _check_max(body: dict, param: str, high: int, low: int = 0) -> Optional[LimitViolation]:
+def _check_max(body: dict[str, Any], param: str, high: int, low: int = 0) -> Optional[LimitViolation]:
     value = _number(body.get(param))
     if value is not None and not low <= value <= high:
         return LimitViolation(f"{param} must be between {low} and {high}, got {value:g}", param)
