@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional
 
+from shardserve.api.crd import render_crd_yaml
+from shardserve.api.engine_args import CATALOG_PATH
 from shardserve.api.spec import ModelDeployment
 from shardserve.api.validation import SpecError, check_servable_here, load_file
+from shardserve.bench.command import add_arguments as add_bench_arguments
+from shardserve.builtin.tiny import build_tiny_model
+from shardserve_operator.settings import add_arguments as add_operator_arguments
 
 EXIT_INVALID = 2
 
@@ -56,8 +62,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_model(args: argparse.Namespace) -> int:
-    from shardserve.builtin.tiny import build_tiny_model
-
     try:
         path = build_tiny_model(Path(args.dir))
     except FileExistsError:
@@ -68,7 +72,6 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_engine_args(args: argparse.Namespace) -> int:
-    from shardserve.api.engine_args import CATALOG_PATH
     from shardserve.serve.engine_catalog import build_catalog
 
     fresh = json.dumps(build_catalog(), indent=1, sort_keys=True) + "\n"
@@ -85,8 +88,6 @@ def _cmd_engine_args(args: argparse.Namespace) -> int:
 
 def _cmd_render(args: argparse.Namespace) -> int:
     """Prints what the operator would create for the file, with the operator's settings."""
-    import os
-
     from shardserve_operator.render import render_children, render_yaml
     from shardserve_operator.settings import OperatorSettings
 
@@ -98,8 +99,6 @@ def _cmd_render(args: argparse.Namespace) -> int:
 
 def _cmd_crd(args: argparse.Namespace) -> int:
     """Prints the ModelDeployment CRD; -o writes it, --check compares files with it."""
-    from shardserve.api.crd import render_crd_yaml
-
     fresh = render_crd_yaml()
     stale = [path for path in args.check if not Path(path).is_file() or Path(path).read_text() != fresh]
     for path in stale:
@@ -167,13 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 1 unless FILE holds exactly the generated CRD (repeatable)")
     crd.set_defaults(func=_cmd_crd)
 
-    from shardserve_operator.settings import add_arguments as add_operator_arguments
-
     operator = sub.add_parser("operator", help="run the Kubernetes operator (reconciles ModelDeployments)")
     add_operator_arguments(operator)
     operator.set_defaults(func=_cmd_operator)
-
-    from shardserve.bench.command import add_arguments as add_bench_arguments
 
     bench = sub.add_parser("bench", help="load an OpenAI-compatible endpoint and report latency and throughput; "
                                           "--compare FILE sets bare vLLM beside shardserve")

@@ -26,6 +26,7 @@ from shardserve.bench.servers import (
     free_port,
 )
 from shardserve.bench.workload import iter_random_requests
+from shardserve.builtin.tiny import ensure_builtin_model
 
 BARE, SHARDSERVE = "vllm", "shardserve"
 
@@ -114,8 +115,6 @@ async def measure_levels(server: ServerProcess, model: str, config: CompareConfi
 def _model_path(md: ModelDeployment) -> Optional[str]:
     if md.spec.model.scheme != "builtin":
         return None
-    from shardserve.builtin.tiny import ensure_builtin_model
-
     return str(ensure_builtin_model(md.spec.model.location))
 
 

@@ -16,10 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional, TextIO
 
-from shardserve.api.contract import RAY_SERVE_ENV
+import ray
+
+from shardserve.api.contract import KEYS_ENV, KEYS_FILE_ENV, RAY_SERVE_ENV
 from shardserve.api.placement import placement_for
 from shardserve.api.serve_options import build_proxy_timeout
 from shardserve.api.spec import ModelDeployment
+from shardserve.api.tracing_env import build_tracing_env, compute_tracing_settings
+from shardserve.serve.http.api_keys import keys_configured
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +92,6 @@ def _wait_until_running(name: str, timeout_s: float, out: TextIO, started: float
 
 
 def _check_accelerators(md: ModelDeployment) -> None:
-    import ray
-
     needed = placement_for(md.spec).accelerators_per_replica * md.spec.effective_replicas
     if md.spec.resources.accelerator != "cpu":
         have = int(ray.cluster_resources().get("GPU", 0))
@@ -121,10 +123,6 @@ def run_local(
     replicas = md.spec.autoscaling.max_replicas if md.spec.autoscaling else md.spec.effective_replicas
     num_cpus = options.num_cpus or max(MIN_LOGICAL_CPUS, (world + 1) * replicas + 3)
     name = md.metadata.name
-
-    from shardserve.api.contract import KEYS_ENV, KEYS_FILE_ENV
-    from shardserve.serve.http.api_keys import keys_configured
-
     if md.spec.serving.api_key_secret and not keys_configured():
         print(f"shardserve: error: spec.serving.apiKeySecret is set; locally the keys come from "
               f"{KEYS_ENV} (comma-separated) or {KEYS_FILE_ENV} (a file, one key per line)", file=out, flush=True)
@@ -184,8 +182,6 @@ def run_local(
 
 def _apply_tracing_env(md: ModelDeployment, out: TextIO) -> None:
     """Tracing settings into this process's environment, which every Ray process inherits."""
-    from shardserve.api.tracing_env import build_tracing_env, compute_tracing_settings
-
     settings = compute_tracing_settings(md.spec.telemetry, os.environ)
     os.environ.update(build_tracing_env(settings))
     if settings is not None:
@@ -208,8 +204,6 @@ def _metrics_port(wanted: Optional[int], out: TextIO) -> Optional[int]:
 
 
 def _read_metrics_port() -> int:
-    import ray
-
     for _ in range(50):
         ports = [n.get("MetricsExportPort", 0) for n in ray.nodes() if n.get("Alive")]
         if ports and ports[0]:
@@ -219,7 +213,6 @@ def _read_metrics_port() -> int:
 
 
 def _shutdown(out: TextIO) -> None:
-    import ray
     from ray import serve
 
     if not ray.is_initialized():

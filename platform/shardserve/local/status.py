@@ -7,16 +7,15 @@ import json
 import logging
 from typing import Any, Optional
 
+import ray
+
 from shardserve.api.contract import KV_NAMESPACE, LLM_DEPLOYMENT, cold_start_key, decision_key
+from shardserve.serve.ray_private import kv_get, serve_details
 from shardserve.serve.telemetry.cold_start import format_phases
 
 
 def read_local_status(app_filter: Optional[str] = None) -> list[dict[str, Any]]:
     """Connects to the running local Ray and reads each application's state."""
-    import ray
-
-    from shardserve.serve.ray_private import kv_get, serve_details
-
     ray.init(address="auto", log_to_driver=False, logging_level=logging.ERROR)
     try:
         details = serve_details()

@@ -15,7 +15,10 @@ from ray.serve.llm import LLMConfig, build_llm_deployment
 from shardserve.api.contract import LLM_DEPLOYMENT
 from shardserve.api.spec import ModelDeployment
 from shardserve.api.validation import parse_deployment
+from shardserve.builtin.tiny import builtin_model_dir
+from shardserve.serve.http.limits import RequestLimits
 from shardserve.serve.llm_config import build_llm_config
+from shardserve.serve.replica import ShardserveServer
 
 
 def build_llm_config_for(md: ModelDeployment) -> dict[str, Any]:
@@ -23,8 +26,6 @@ def build_llm_config_for(md: ModelDeployment) -> dict[str, Any]:
     model = md.spec.model
     builtin_dir = None
     if model.scheme == "builtin":
-        from shardserve.builtin.tiny import builtin_model_dir
-
         builtin_dir = str(builtin_model_dir(model.location))
     return build_llm_config(md, builtin_dir=builtin_dir)
 
@@ -38,9 +39,6 @@ def build_application(md: ModelDeployment, llm_config_dict: Optional[dict[str, A
     goes straight to the replica with the fewest open connections; behind
     Serve's own proxy it takes one Ray hop.
     """
-    from shardserve.serve.http.limits import RequestLimits
-    from shardserve.serve.replica import ShardserveServer
-
     model = md.spec.model
     serving = md.spec.serving
     llm_config = LLMConfig(**(llm_config_dict or build_llm_config_for(md)))

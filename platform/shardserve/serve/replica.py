@@ -25,9 +25,12 @@ from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
 from shardserve.api.tracing_env import ENV_TRACES_ENDPOINT
+from shardserve.builtin.tiny import ensure_builtin_model
+from shardserve.serve.autoscaling.engine_queue import read_queue
 from shardserve.serve.autoscaling.policy import RUNNING, WAITING
+from shardserve.serve.http.ingress import build_ingress_app
 from shardserve.serve.http.limits import RequestLimits
-from shardserve.serve.ray_private import Batcher, BatchingHooks, RawRequestInfo
+from shardserve.serve.ray_private import Batcher, BatchingHooks, RawRequestInfo, to_model_metadata
 from shardserve.serve.telemetry.cold_start import ColdStart
 from shardserve.serve.telemetry.spans import trace_replica_call
 from shardserve.serve.telemetry.tracing import tracing_enabled
@@ -75,9 +78,6 @@ class ShardserveServer(BatchingHooks, LLMServer):
 
     async def __serve_build_asgi_app__(self) -> Any:
         """The HTTP app Serve runs in this replica (after the engine started)."""
-        from shardserve.serve.http.ingress import build_ingress_app
-        from shardserve.serve.ray_private import to_model_metadata
-
         llm_config = await self.llm_config()
         assert llm_config is not None  # set in the constructor
         model_id = llm_config.model_id
@@ -87,8 +87,6 @@ class ShardserveServer(BatchingHooks, LLMServer):
     async def start(self) -> None:
         builtin_model: Optional[str] = getattr(self, "_builtin_model", None)
         if builtin_model:
-            from shardserve.builtin.tiny import ensure_builtin_model
-
             path = await asyncio.to_thread(ensure_builtin_model, builtin_model)
             logger.info("builtin model %s ready at %s", builtin_model, path)
         await super().start()  # type: ignore[no-untyped-call]  # unannotated in Ray; a super() call escapes the exclusion
@@ -115,8 +113,6 @@ class ShardserveServer(BatchingHooks, LLMServer):
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The engine's queue, pushed by Serve to the autoscaling policy."""
-        from shardserve.serve.autoscaling.engine_queue import read_queue
-
         queue = read_queue()
         return {WAITING: float(queue.waiting), RUNNING: float(queue.running)}
 

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ray.serve.config import AutoscalingContext
+from ray.util.metrics import Gauge
 
 from shardserve.api.contract import KV_NAMESPACE, decision_key
+from shardserve.serve.ray_private import kv_put
 
 # Serve's own logger: its lines land in the controller log beside Serve's decisions.
 logger = logging.getLogger("ray.serve")
@@ -161,8 +163,6 @@ class QueueDepthPolicy:
     def _record_metrics(self, ctx: AutoscalingContext, decision: ScalingDecision) -> None:
         """Queue gauges beside Serve's own serve_autoscaling_desired_replicas."""
         if self._gauges is None:
-            from ray.util.metrics import Gauge
-
             tags = ("application", "deployment")
             self._gauges = {
                 "waiting": Gauge("shardserve_queue_waiting_requests", "Requests waiting for the engine "
@@ -185,8 +185,6 @@ class QueueDepthPolicy:
         if record == self._published:
             return
         try:
-            from shardserve.serve.ray_private import kv_put
-
             kv_put(decision_key(app, ctx.deployment_name), json.dumps(record), KV_NAMESPACE)
             self._published = record
         except Exception as err:  # status is informative; never fail scaling for it

@@ -35,6 +35,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional
 
+from ray.util.metrics import Histogram
+
 from shardserve.api.contract import KV_NAMESPACE, WEIGHT_LOAD_FILE_ENV, cold_start_key
 from shardserve.serve.ray_private import CallbackBase, kv_put
 from shardserve.serve.telemetry.tracing import get_tracer, tracing_enabled
@@ -181,8 +183,6 @@ class ColdStart:
 
     def _record_metric(self, phases: dict[str, float]) -> None:
         if ColdStart._histogram is None:
-            from ray.util.metrics import Histogram
-
             ColdStart._histogram = Histogram(
                 METRIC, "Seconds a model replica took to start, by phase (model_fetch, weight_load, "
                 "engine_start, first_ready) and in total.", boundaries=BUCKETS_S,

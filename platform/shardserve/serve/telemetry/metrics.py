@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from ray.util.metrics import Counter
+
 REJECTED = "shardserve_rejected_requests"
 _rejected: Optional[Any] = None
 
@@ -17,8 +19,6 @@ def record_rejected(application: str, reason: str) -> None:
     """One request the replica's admission limit turned away (HTTP 429)."""
     global _rejected
     if _rejected is None:
-        from ray.util.metrics import Counter
-
         _rejected = Counter(REJECTED, "Requests a model replica's admission limit turned away with HTTP 429 before "
                             "they reached the engine, by reason (queue_full: the replica held "
                             "serving.maxOngoingRequests + maxQueuedRequests).", tag_keys=("application", "reason"))
