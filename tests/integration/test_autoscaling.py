@@ -17,26 +17,24 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import SMALL_BATCH_ENGINE, run_stack, write_spec
+from tests.integration.conftest import SMALL_BATCH_ENGINE, StackKind, Stacks, write_spec
 from tests.integration.stack import shardserve_command
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.stacks("autoscale")]
 
 SCALE_TIMEOUT_S = 400
 
 
 @pytest.fixture(scope="module")
-def autoscaled(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("autoscale")
-    spec = write_spec(
+def autoscaled(stacks: Stacks):
+    return stacks.get("autoscale", StackKind(spec=lambda tmp: write_spec(
         tmp, "autoscale",
         engine=SMALL_BATCH_ENGINE,
         replicas=None,
         autoscaling={"minReplicas": 1, "maxReplicas": 2, "targetQueueDepth": 2,
                      "upscaleDelaySeconds": 2, "downscaleDelaySeconds": 10},
         serving={"maxOngoingRequests": 16, "maxQueuedRequests": 64, "requestTimeoutSeconds": 120},
-    )
-    yield from run_stack(spec, tmp)
+    )))
 
 
 def read_status() -> dict:

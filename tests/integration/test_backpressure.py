@@ -1,5 +1,8 @@
 """Past serving.maxQueuedRequests, new requests get a fast OpenAI-shaped 429
-with Retry-After, while the admitted ones complete."""
+with Retry-After, while the admitted ones complete.
+
+On the small-queue stack (2 running, 2 queued), which test_telemetry shares.
+"""
 
 import asyncio
 import time
@@ -7,20 +10,9 @@ import time
 import httpx
 import pytest
 
-from tests.integration.conftest import SMALL_BATCH_ENGINE, run_stack, write_spec
+from tests.integration.conftest import SMALL_QUEUE, SmallQueue
 
-pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def small_queue(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("backpressure")
-    spec = write_spec(
-        tmp, "backpressure",
-        engine=SMALL_BATCH_ENGINE,
-        serving={"maxOngoingRequests": 2, "maxQueuedRequests": 2, "requestTimeoutSeconds": 120},
-    )
-    yield from run_stack(spec, tmp)
+pytestmark = [pytest.mark.integration, pytest.mark.stacks(SMALL_QUEUE)]
 
 
 async def one(client: httpx.AsyncClient, i: int) -> tuple[int, float, dict, str]:
@@ -35,8 +27,8 @@ async def burst(base_url: str, n: int):
         return await asyncio.gather(*(one(client, i) for i in range(n)))
 
 
-def test_overload_gets_fast_429s_and_admitted_requests_complete(small_queue):
-    results = asyncio.run(burst(small_queue.base_url, 12))
+def test_overload_gets_fast_429s_and_admitted_requests_complete(small_queue: SmallQueue):
+    results = asyncio.run(burst(small_queue.stack.base_url, 12))
     admitted = [r for r in results if r[0] == 200]
     rejected = [r for r in results if r[0] == 429]
     assert len(admitted) + len(rejected) == 12, [r[0] for r in results]
@@ -54,7 +46,7 @@ def test_overload_gets_fast_429s_and_admitted_requests_complete(small_queue):
           f"(slowest {max(r[1] for r in rejected) * 1000:.0f} ms)")
 
 
-def test_serves_normally_once_the_queue_drains(small_queue):
-    response = httpx.post(f"{small_queue.base_url}/v1/completions",
+def test_serves_normally_once_the_queue_drains(small_queue: SmallQueue):
+    response = httpx.post(f"{small_queue.stack.base_url}/v1/completions",
                           json={"model": "tiny", "prompt": "after", "max_tokens": 4}, timeout=60)
     assert response.status_code == 200

@@ -13,9 +13,10 @@ import time
 import httpx
 import pytest
 
-from tests.integration.conftest import run_stack, write_spec
+from tests.integration.conftest import StackKind, Stacks, write_spec
 
-pytestmark = pytest.mark.integration
+APP = "hardening"
+pytestmark = [pytest.mark.integration, pytest.mark.stacks(APP)]
 
 KEY_1, KEY_2, KEY_NEW = "sk-first-0123456789", "sk-second-abcdef", "sk-rotated-zyxwvu"
 MAX_BYTES = 64 * 1024
@@ -90,14 +91,13 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("hardening")
-    keys = tmp / "api-keys"
+def guarded(stacks: Stacks, tmp_path_factory):
+    keys = tmp_path_factory.mktemp("keys") / "api-keys"
     keys.write_text(f"# two keys\n{KEY_1}\n{KEY_2}\n")
-    spec = write_spec(tmp, "hardening", serving=SERVING)
-    for stack in run_stack(spec, tmp, env={"SHARDSERVE_API_KEYS_FILE": str(keys)}):
-        stack.keys_file = keys
-        yield stack
+    stack = stacks.get(APP, StackKind(spec=lambda tmp: write_spec(tmp, APP, serving=SERVING),
+                                      env={"SHARDSERVE_API_KEYS_FILE": str(keys)}))
+    stack.keys_file = keys
+    return stack
 
 
 def send(stack, method, path, headers, body) -> httpx.Response:

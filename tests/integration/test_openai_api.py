@@ -5,9 +5,9 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import greedy_tokens, single_worker_tokens
+from tests.integration.conftest import greedy_tokens
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.stacks("tiny")]
 
 MODEL = "tiny"
 
@@ -106,8 +106,7 @@ def test_server_stays_healthy_after_errors(tiny_stack, client):
     assert reply.usage.completion_tokens == 4
 
 
-def test_greedy_token_ids_are_returned_and_repeat(tiny_stack):
-    first = greedy_tokens(tiny_stack)
-    assert greedy_tokens(tiny_stack) == first
-    single_worker_tokens[:] = first  # the reference test_parallel compares its layouts with
+def test_greedy_token_ids_are_returned_and_repeat(tiny_stack, single_worker_tokens):
+    # single_worker_tokens: read from this stack, once; test_parallel compares its layouts with them.
+    assert greedy_tokens(tiny_stack) == single_worker_tokens
 

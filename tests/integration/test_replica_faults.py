@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.integration.conftest import run_stack, write_spec
+from tests.integration.conftest import StackKind, Stacks, write_spec
 
-pytestmark = pytest.mark.integration
+APP = "faults"
+pytestmark = [pytest.mark.integration, pytest.mark.stacks(APP)]
 
 CLIENTS = 4
 # No request may take this long: a hang shows up as a client timeout.
@@ -31,12 +32,10 @@ RECOVERY_LIMIT_S = 300.0
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("faults")
+def stack(stacks: Stacks):
     # Requests sent while no replica runs wait for the replacement, so the
     # timeout must cover a replica's start on a busy machine.
-    spec = write_spec(tmp, "faults", serving={"requestTimeoutSeconds": 280})
-    yield from run_stack(spec, tmp)
+    return stacks.get(APP, StackKind(spec=lambda tmp: write_spec(tmp, APP, serving={"requestTimeoutSeconds": 280})))
 
 
 @dataclass

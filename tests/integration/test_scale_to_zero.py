@@ -11,23 +11,21 @@ import time
 import httpx
 import pytest
 
-from tests.integration.conftest import run_stack, write_spec
+from tests.integration.conftest import StackKind, Stacks, write_spec
 from tests.integration.test_autoscaling import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.stacks("zero")]
 
 
 @pytest.fixture(scope="module")
-def zero(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("zero")
-    spec = write_spec(
+def zero(stacks: Stacks):
+    return stacks.get("zero", StackKind(spec=lambda tmp: write_spec(
         tmp, "autoscale",  # read_status() reads the deployment by this name
         engine={"maxModelLen": 256, "dtype": "float32", "kvCacheMemory": "256Mi", "enforceEager": True},
         replicas=None,
         autoscaling={"minReplicas": 0, "maxReplicas": 1, "upscaleDelaySeconds": 0, "downscaleDelaySeconds": 3},
         serving={"maxOngoingRequests": 16, "maxQueuedRequests": 64, "requestTimeoutSeconds": 240},
-    )
-    yield from run_stack(spec, tmp)
+    )))
 
 
 def test_idle_deployment_goes_to_zero_and_the_next_request_wakes_it(zero):

@@ -1,9 +1,10 @@
 """Traces, metrics and cold-start phases on the real stack.
 
-One stack with tracing on (spec.telemetry.tracing) exports the spans of every
-Ray process to an OTLP receiver in this test process; its Prometheus endpoint
-(Ray's metrics agent) is scraped after known traffic. The stack has a small
-queue (2 running, 2 queued) so a burst also produces 429s.
+The small-queue stack (which test_backpressure shares) has tracing on
+(spec.telemetry.tracing): every Ray process exports its spans to an OTLP
+receiver in this test process; its Prometheus endpoint (Ray's metrics agent)
+is scraped after known traffic. Its small queue (2 running, 2 queued) makes a
+burst produce 429s too.
 """
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.conftest import SMALL_BATCH_ENGINE, run_stack, write_spec
+from tests.integration.conftest import SMALL_QUEUE, SmallQueue
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
-from tests.integration.stack import free_port, shardserve_command
+from tests.integration.stack import LocalStack, shardserve_command
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.stacks(SMALL_QUEUE)]
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 MODEL = "tiny"
@@ -35,29 +36,18 @@ METRICS_WAIT_S = 90.0
 
 
 @pytest.fixture(scope="module")
-def receiver():
-    with OtlpReceiver() as r:
-        yield r
+def stack(small_queue: SmallQueue) -> LocalStack:
+    return small_queue.stack
 
 
 @pytest.fixture(scope="module")
-def metrics_url():
-    return f"http://127.0.0.1:{free_port()}/metrics"
+def receiver(small_queue: SmallQueue) -> OtlpReceiver:
+    return small_queue.receiver
 
 
 @pytest.fixture(scope="module")
-def stack(receiver, metrics_url, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("telemetry")
-    spec = write_spec(
-        tmp, "telemetry",
-        engine=SMALL_BATCH_ENGINE,
-        serving={"maxOngoingRequests": 2, "maxQueuedRequests": 2, "requestTimeoutSeconds": 120},
-        telemetry={"tracing": {"endpoint": receiver.endpoint}},
-    )
-    # Export spans and metrics every fraction of a second instead of every 5-10 s.
-    env = {"OTEL_BSP_SCHEDULE_DELAY": "200", "RAY_metrics_report_interval_ms": "1000"}
-    port = metrics_url.rsplit(":", 1)[1].split("/")[0]
-    yield from run_stack(spec, tmp, env=env, args=("--metrics-port", port))
+def metrics_url(small_queue: SmallQueue) -> str:
+    return small_queue.metrics_url
 
 
 # ------------------------------------------------------------------ span helpers
@@ -152,7 +142,7 @@ def test_cold_start_phases_appear_in_order(stack, receiver):
     # `shardserve status` shows the same start.
     out = subprocess.run([*shardserve_command(), "status", "--json"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = [r for r in json.loads(out.stdout) if r["name"] == "telemetry"]
+    rows = [r for r in json.loads(out.stdout) if r["name"] == SMALL_QUEUE]
     assert len(rows) == 1, (out.stdout, out.stderr[-2000:])
     (row,) = rows
     assert row["last_cold_start"] == pytest.approx({k: round(v, 2) for k, v in phases.items()}, abs=0.011)
@@ -400,8 +390,8 @@ def test_metrics_match_known_traffic(stack, metrics_url):
 
     # Gauges set now and then: one model replica, desired and running; one start, every phase once.
     gauges = {
-        ("ray_serve_autoscaling_target_replicas", (("application", "telemetry"), ("deployment", "llm"))): 1,
-        ("ray_serve_deployment_replica_healthy", (("application", "telemetry"), ("deployment", "llm"))): 1,
+        ("ray_serve_autoscaling_target_replicas", (("application", SMALL_QUEUE), ("deployment", "llm"))): 1,
+        ("ray_serve_deployment_replica_healthy", (("application", SMALL_QUEUE), ("deployment", "llm"))): 1,
         **{("ray_shardserve_cold_start_seconds_count", (("model", MODEL), ("phase", phase))): 1
            for phase in ("model_fetch", "weight_load", "engine_start", "first_ready", "total")},
     }

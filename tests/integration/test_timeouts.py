@@ -16,9 +16,10 @@ import uuid
 import httpx
 import pytest
 
-from tests.integration.conftest import run_stack, write_spec
+from tests.integration.conftest import StackKind, Stacks, write_spec
 
-pytestmark = pytest.mark.integration
+APP = "timeouts"
+pytestmark = [pytest.mark.integration, pytest.mark.stacks(APP)]
 
 TIMEOUT_S = 3
 # Long enough to run for many seconds on two cores (ignore_eos: no early stop).
@@ -27,16 +28,17 @@ LONG = {"model": "tiny", "prompt": "go on", "max_tokens": LONG_TOKENS, "ignore_e
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("timeouts")
-    spec = write_spec(
-        tmp, "timeouts",
-        engine={"maxModelLen": 2048, "dtype": "float32", "kvCacheMemory": "256Mi",
-                "args": {"enable_log_requests": True}},
-        serving={"requestTimeoutSeconds": TIMEOUT_S},
-    )
-    # --verbose: the replicas' logs (vLLM's included) reach the stack's log.
-    yield from run_stack(spec, tmp, args=("--verbose",))
+def stack(stacks: Stacks):
+    return stacks.get(APP, StackKind(
+        spec=lambda tmp: write_spec(
+            tmp, APP,
+            engine={"maxModelLen": 2048, "dtype": "float32", "kvCacheMemory": "256Mi",
+                    "args": {"enable_log_requests": True}},
+            serving={"requestTimeoutSeconds": TIMEOUT_S},
+        ),
+        # --verbose: the replicas' logs (vLLM's included) reach the stack's log.
+        args=("--verbose",),
+    ))
 
 
 def request_id(kind: str) -> str:
