@@ -91,6 +91,18 @@ class LocalStack:
                 continue
         return left
 
+    def ray_log_dir(self) -> Path:
+        """The log directory of this stack's own Ray session, as its processes were told."""
+        for proc in self.session_processes():
+            try:
+                args = proc.cmdline()
+            except psutil.Error:
+                continue
+            for arg in args:
+                if arg.startswith("--log_dir="):
+                    return Path(arg.removeprefix("--log_dir="))
+        raise AssertionError("no process of this stack names its Ray log directory")
+
     def stop(self) -> int:
         """SIGTERM to the CLI only, as Kubernetes or systemd would; returns its exit status."""
         assert self.process is not None

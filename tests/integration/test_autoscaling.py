@@ -1,47 +1,62 @@
 """Queue-depth autoscaling and backpressure on the real local stack.
 
 A burst of streams fills the engine's batch (maxNumSeqs 2), so requests wait
-in vLLM's queue; the policy adds a second replica, and once the load stops
-it goes back to one. Every request must be answered throughout.
+in vLLM's queue; the policy adds a second replica, both replicas serve, and
+once the load stops it goes back to one. Every request must be answered
+throughout. What decided each change is read from the policy's own records:
+its latest decision (`shardserve status autoscale --json`, reason and
+inputs) and each change of mind it logs in the stack's Serve controller log.
 """
 
+import ast
 import asyncio
-import json
 import re
-import subprocess
 import threading
-import time
-from pathlib import Path
+from collections import Counter
+from dataclasses import dataclass
 
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from tests.integration.autoscale_status import read_status, wait_for_status
 from tests.integration.conftest import SMALL_BATCH_ENGINE, StackKind, Stacks, write_spec
-from tests.integration.stack import shardserve_command
+from tests.integration.polling import poll
+from tests.integration.stack import LocalStack, free_port
 
-pytestmark = [pytest.mark.integration, pytest.mark.stacks("autoscale")]
+APP = "autoscale"
+pytestmark = [pytest.mark.integration, pytest.mark.stacks(APP)]
 
 SCALE_TIMEOUT_S = 400
+TARGET_QUEUE = 2
+# Each replica must finish this many requests while both serve.
+SERVED_EACH = 3
+
+
+@dataclass(frozen=True)
+class Autoscaled:
+    stack: LocalStack
+    metrics_url: str
 
 
 @pytest.fixture(scope="module")
-def autoscaled(stacks: Stacks):
-    return stacks.get("autoscale", StackKind(spec=lambda tmp: write_spec(
-        tmp, "autoscale",
-        engine=SMALL_BATCH_ENGINE,
-        replicas=None,
-        autoscaling={"minReplicas": 1, "maxReplicas": 2, "targetQueueDepth": 2,
-                     "upscaleDelaySeconds": 2, "downscaleDelaySeconds": 10},
-        serving={"maxOngoingRequests": 16, "maxQueuedRequests": 64, "requestTimeoutSeconds": 120},
-    )))
-
-
-def read_status() -> dict:
-    out = subprocess.run([*shardserve_command(), "status", "autoscale", "--json"],
-                         capture_output=True, text=True, timeout=120, check=True)
-    [row] = json.loads(out.stdout)
-    return row
+def autoscaled(stacks: Stacks) -> Autoscaled:
+    metrics_port = free_port()
+    kind = StackKind(
+        spec=lambda tmp: write_spec(
+            tmp, APP,
+            engine=SMALL_BATCH_ENGINE,
+            replicas=None,
+            autoscaling={"minReplicas": 1, "maxReplicas": 2, "targetQueueDepth": TARGET_QUEUE,
+                         "upscaleDelaySeconds": 2, "downscaleDelaySeconds": 10},
+            serving={"maxOngoingRequests": 16, "maxQueuedRequests": 64, "requestTimeoutSeconds": 120},
+        ),
+        # Per-replica counts on the metrics endpoint within a second, not ten.
+        env={"RAY_metrics_report_interval_ms": "1000"},
+        args=("--metrics-port", str(metrics_port)),
+    )
+    return Autoscaled(stacks.get(APP, kind), f"http://127.0.0.1:{metrics_port}/metrics")
 
 
 class Load:
@@ -77,45 +92,61 @@ class Load:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=300)
+        assert not self._thread.is_alive(), "the load did not stop"
 
 
-def controller_log() -> str:
-    """Serve's controller log of the running stack (the only Ray session running)."""
-    logs = Path("/tmp/ray/session_latest/logs/serve").glob("controller_*.log")
-    return "".join(p.read_text(errors="replace") for p in logs)
+def served_by_replica(metrics_url: str) -> Counter:
+    """Requests each model replica's engine finished, by Serve replica (vLLM's series carry it)."""
+    counts: Counter = Counter()
+    for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text):
+        for sample in family.samples:
+            if sample.name == "ray_vllm_request_success_total" and sample.labels.get("model_name") == "tiny":
+                counts[sample.labels["ReplicaId"]] += int(sample.value)
+    return counts
 
 
-def wait_for(predicate, timeout_s: float, what: str, seen: list | None = None) -> tuple[float, dict]:
-    """Polls `shardserve status` until predicate(row); every row read goes to `seen`."""
-    started = time.monotonic()
-    while time.monotonic() - started < timeout_s:
-        row = read_status()
-        if seen is not None:
-            seen.append(row)
-        if predicate(row):
-            return time.monotonic() - started, row
-        time.sleep(2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last status {row}")
+def policy_changes(stack: LocalStack) -> list[tuple[str, dict]]:
+    """Each change of mind the policy logged in this stack's Serve controller log:
+    (reason, inputs), in order."""
+    text = "".join(p.read_text(errors="replace")
+                   for p in sorted((stack.ray_log_dir() / "serve").glob("controller_*.log")))
+    found = re.findall(rf"autoscaling {APP}/llm: (.+?) \(inputs (\{{.*?\}})\)", text)
+    return [(reason, ast.literal_eval(inputs)) for reason, inputs in found]
 
 
-def test_burst_scales_to_two_and_back_without_losing_requests(autoscaled):
-    assert read_status()["replicas_running"] == 1
-    with Load(autoscaled.base_url, clients=12) as load:
+def test_the_queue_scales_to_two_both_serve_and_it_scales_back(autoscaled: Autoscaled):
+    assert read_status(APP)["replicas_running"] == 1
+    with Load(autoscaled.stack.base_url, clients=12) as load:
         seen: list[dict] = []
-        decided_s, row = wait_for(lambda r: r["replicas_desired"] == 2, SCALE_TIMEOUT_S,
-                                  "a second replica to be decided", seen)
-        # The queue drove it. The decision after a scale-up already reads "steady", and
-        # the status may be read only after it: Serve's controller log has every change of mind.
-        assert any("scale up 1->2" in r["last_decision"] or (r["queue_waiting"] or 0) > 0 for r in seen) \
-            or re.search(r"autoscale/llm: scale up 1->2: queue [0-9.]+/replica > target 2", controller_log()), seen[-3:]
-        serving_s, _ = wait_for(lambda r: r["replicas_running"] == 2, SCALE_TIMEOUT_S, "the second replica to serve")
-        served_before = load.ok
-        time.sleep(10)  # both replicas take traffic for a while
-        assert load.ok > served_before
-    print(f"\nsecond replica decided {decided_s:.0f}s and serving {serving_s + decided_s:.0f}s after the load began")
-    back_s, row = wait_for(lambda r: r["replicas_running"] == 1 and r["replicas_desired"] == 1, 120, "scale down to one")
-    assert "scale down 2->1" in row["last_decision"] or row["last_decision"].startswith("steady")
+        decided_s, _ = wait_for_status(APP, lambda r: r["replicas_desired"] == 2, SCALE_TIMEOUT_S,
+                                       "a second replica to be decided", seen)
+        serving_s, _ = wait_for_status(APP, lambda r: r["replicas_running"] == 2, SCALE_TIMEOUT_S,
+                                       "the second replica to serve", seen)
+        # While the second replica starts, the policy's record says why it holds two: the queue
+        # per replica over the target ("scale up 1->2: queue ..." or "queue ..., 1 replica(s) starting").
+        over = [float(m.group(1)) for r in seen if r["replicas_desired"] == 2 and r["replicas_running"] == 1
+                and (m := re.match(rf"(?:scale up 1->2: )?queue ([0-9.]+)/replica > target {TARGET_QUEUE}\b",
+                                   r["last_decision"] or ""))]
+        assert over and min(over) > TARGET_QUEUE, [r["last_decision"] for r in seen]
+        # Both replicas finish requests while both serve (counted from here on).
+        before = served_by_replica(autoscaled.metrics_url)
+
+        def both_served() -> Counter | None:
+            served = served_by_replica(autoscaled.metrics_url) - before
+            return served if len(served) == 2 and min(served.values()) >= SERVED_EACH else None
+
+        served = poll(both_served, 120, f"both replicas to finish {SERVED_EACH} requests", interval_s=1.0)
+    print(f"\nsecond replica decided {decided_s:.0f}s and serving {serving_s + decided_s:.0f}s after the load "
+          f"began; then served by replica: {dict(served)}")
+    wait_for_status(APP, lambda r: r["replicas_running"] == 1 and r["replicas_desired"] == 1, 120,
+                    "scale down to one")
+    # The policy's own log of its changes: up because of the queue, then down once it emptied.
+    changes = [(reason, inputs) for reason, inputs in policy_changes(autoscaled.stack)
+               if reason.startswith(("scale up", "scale down"))]
+    assert [reason.split(":")[0] for reason, _ in changes] == ["scale up 1->2", "scale down 2->1"], changes
+    (up, up_inputs), (down, down_inputs) = changes
+    assert up_inputs["waiting"] / up_inputs["running_replicas"] > TARGET_QUEUE, (up, up_inputs)
+    assert down.startswith("scale down 2->1: queue empty") and down_inputs["waiting"] == 0, (down, down_inputs)
     assert load.failed == [], load.failed[:5]
-    assert load.ok >= 12
     # Still serving after the scale-down.
-    assert httpx.get(f"{autoscaled.base_url}/health", timeout=10).status_code == 200
+    assert httpx.get(f"{autoscaled.stack.base_url}/health", timeout=10).status_code == 200

@@ -11,16 +11,18 @@ import time
 import httpx
 import pytest
 
+from tests.integration.autoscale_status import wait_for_status
 from tests.integration.conftest import StackKind, Stacks, write_spec
-from tests.integration.test_autoscaling import wait_for
+from tests.integration.stack import LocalStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.stacks("zero")]
+APP = "zero"
+pytestmark = [pytest.mark.integration, pytest.mark.stacks(APP)]
 
 
 @pytest.fixture(scope="module")
-def zero(stacks: Stacks):
-    return stacks.get("zero", StackKind(spec=lambda tmp: write_spec(
-        tmp, "autoscale",  # read_status() reads the deployment by this name
+def zero(stacks: Stacks) -> LocalStack:
+    return stacks.get(APP, StackKind(spec=lambda tmp: write_spec(
+        tmp, APP,
         engine={"maxModelLen": 256, "dtype": "float32", "kvCacheMemory": "256Mi", "enforceEager": True},
         replicas=None,
         autoscaling={"minReplicas": 0, "maxReplicas": 1, "upscaleDelaySeconds": 0, "downscaleDelaySeconds": 3},
@@ -29,8 +31,8 @@ def zero(stacks: Stacks):
 
 
 def test_idle_deployment_goes_to_zero_and_the_next_request_wakes_it(zero):
-    idle_s, _ = wait_for(lambda r: r["replicas_running"] == 0 and r["replicas_desired"] == 0, 180,
-                         "scale down to zero")
+    idle_s, _ = wait_for_status(APP, lambda r: r["replicas_running"] == 0 and r["replicas_desired"] == 0, 180,
+                                "scale down to zero")
     started = time.monotonic()
     reply = httpx.post(f"{zero.base_url}/v1/completions", timeout=240,
                        json={"model": "tiny", "prompt": "Once upon a time", "max_tokens": 8})
@@ -39,4 +41,5 @@ def test_idle_deployment_goes_to_zero_and_the_next_request_wakes_it(zero):
     assert reply.json()["choices"][0]["text"]
     print(f"\nat zero {idle_s:.0f}s after start-up; the waking request was answered after {woke_s:.1f}s")
     # Idle again, it goes back to zero (and the stack stops from a steady state).
-    wait_for(lambda r: r["replicas_running"] == 0 and r["replicas_desired"] == 0, 180, "scale down to zero again")
+    wait_for_status(APP, lambda r: r["replicas_running"] == 0 and r["replicas_desired"] == 0, 180,
+                    "scale down to zero again")
