@@ -96,11 +96,14 @@ def failed(response: httpx.Response) -> str:
         return "lost"
 
 
-async def load(base_url: str, stop_at: dict, outcomes: list[Outcome], worker: int) -> None:
+async def load(base_url: str, stop_at: dict, outcomes: list[Outcome], worker: int, busy: set[int]) -> None:
+    """One closed-loop client; `busy` holds the workers with a request under way."""
     async with httpx.AsyncClient(base_url=base_url, timeout=CLIENT_TIMEOUT_S) as client:
         i = 0
         while time.monotonic() < stop_at["t"]:
+            busy.add(worker)
             outcomes.append(await one(client, worker * 1000 + i, stream=(worker % 2 == 0)))
+            busy.discard(worker)
             i += 1
 
 
@@ -116,15 +119,15 @@ def replica_process(stack):
 
 async def run_scenario(stack) -> tuple[float, list[Outcome], float]:
     outcomes: list[Outcome] = []
+    busy: set[int] = set()
     stop_at = {"t": float("inf")}
-    workers = [asyncio.create_task(load(stack.base_url, stop_at, outcomes, w)) for w in range(CLIENTS)]
+    workers = [asyncio.create_task(load(stack.base_url, stop_at, outcomes, w, busy)) for w in range(CLIENTS)]
     # Steady load first: every client has had an answer (the first ones after
-    # a start can take seconds).
+    # a start can take seconds), and each has a request under way.
     started = time.monotonic()
-    while sum(o.result == "ok" for o in outcomes) < CLIENTS:
+    while sum(o.result == "ok" for o in outcomes) < CLIENTS or len(busy) < CLIENTS:
         assert time.monotonic() - started < 120, f"no steady load before the kill: {outcomes[:3]}"
-        await asyncio.sleep(0.5)
-    await asyncio.sleep(1)
+        await asyncio.sleep(0.1)
     victim = replica_process(stack)
     print(f"\nkilling {victim.pid} {victim.name()!r} {' '.join(victim.cmdline())[:120]!r}")
     killed_at = time.monotonic()

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import SMALL_QUEUE, SmallQueue
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
+from tests.integration.polling import poll
 from tests.integration.stack import LocalStack, shardserve_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.stacks(SMALL_QUEUE)]
@@ -278,6 +279,8 @@ class Sampler:
         self.url, self.gauges = url, gauges
         self.names: set[str] = set()
         self.peaks: dict[str, float] = {}
+        self._scraped = threading.Condition()
+        self._scrapes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -291,7 +294,17 @@ class Sampler:
             for name, labels in self.gauges:
                 if present(samples, name, **labels):
                     self.peaks[name] = max(self.peaks.get(name, 0.0), total(samples, name, **labels))
+            with self._scraped:
+                self._scrapes += 1
+                self._scraped.notify_all()
             self._stop.wait(0.3)
+
+    def wait_for_next_scrape(self, timeout_s: float = 30.0) -> None:
+        """Returns once a scrape that starts after this call has been taken in."""
+        with self._scraped:
+            # The scrape under way may have started before the call: wait for the one after it.
+            wanted = self._scrapes + 2
+            assert self._scraped.wait_for(lambda: self._scrapes >= wanted, timeout_s), "the sampler stopped scraping"
 
     def __enter__(self) -> Sampler:
         self._thread.start()
@@ -349,44 +362,39 @@ def test_metrics_match_known_traffic(stack, metrics_url):
     # event loop, so all twelve are on their way at once (threads here start them unevenly).
     with Sampler(metrics_url, []) as sampler:
         results = asyncio.run(burst(stack.base_url, 12, 48))
-        time.sleep(3.0)
-    statuses = [status for status, _ in results]
-    served = [body["usage"] for status, body in results if status == 200]
-    rejected = statuses.count(429)
-    assert len(served) + rejected == 12 and rejected >= 1 and len(served) >= 2, statuses
-    prompt_tokens = sum(u["prompt_tokens"] for u in served)
-    generated = sum(u["completion_tokens"] for u in served)
-    assert generated == 48 * len(served)
+        statuses = [status for status, _ in results]
+        served = [body["usage"] for status, body in results if status == 200]
+        rejected = statuses.count(429)
+        assert len(served) + rejected == 12 and rejected >= 1 and len(served) >= 2, statuses
+        prompt_tokens = sum(u["prompt_tokens"] for u in served)
+        generated = sum(u["completion_tokens"] for u in served)
+        assert generated == 48 * len(served)
 
-    # Serve counts HTTP requests from HAProxy's log, by the application's route prefix ("/").
-    expected = {
-        ("ray_serve_num_http_requests_total", (("route", "/"), ("status_code", "200"))): len(served),
-        ("ray_serve_num_http_requests_total", (("route", "/"), ("status_code", "429"))): rejected,
-        ("ray_serve_http_request_latency_ms_count", (("route", "/"),)): 12,
-        ("ray_shardserve_rejected_requests_total", (("reason", "queue_full"),)): rejected,
-        ("ray_vllm_request_success_total", (("model_name", MODEL),)): len(served),
-        ("ray_vllm_prompt_tokens_total", (("model_name", MODEL),)): prompt_tokens,
-        ("ray_vllm_generation_tokens_total", (("model_name", MODEL),)): generated,
-        ("ray_vllm_time_to_first_token_seconds_count", (("model_name", MODEL),)): len(served),
-        ("ray_vllm_request_time_per_output_token_seconds_count", (("model_name", MODEL),)): len(served),
-        ("ray_vllm_e2e_request_latency_seconds_count", (("model_name", MODEL),)): len(served),
-        ("ray_vllm_request_queue_time_seconds_count", (("model_name", MODEL),)): len(served),
-        ("ray_vllm_inter_token_latency_seconds_count", (("model_name", MODEL),)): generated - len(served),
-    }
+        # Serve counts HTTP requests from HAProxy's log, by the application's route prefix ("/").
+        expected = {
+            ("ray_serve_num_http_requests_total", (("route", "/"), ("status_code", "200"))): len(served),
+            ("ray_serve_num_http_requests_total", (("route", "/"), ("status_code", "429"))): rejected,
+            ("ray_serve_http_request_latency_ms_count", (("route", "/"),)): 12,
+            ("ray_shardserve_rejected_requests_total", (("reason", "queue_full"),)): rejected,
+            ("ray_vllm_request_success_total", (("model_name", MODEL),)): len(served),
+            ("ray_vllm_prompt_tokens_total", (("model_name", MODEL),)): prompt_tokens,
+            ("ray_vllm_generation_tokens_total", (("model_name", MODEL),)): generated,
+            ("ray_vllm_time_to_first_token_seconds_count", (("model_name", MODEL),)): len(served),
+            ("ray_vllm_request_time_per_output_token_seconds_count", (("model_name", MODEL),)): len(served),
+            ("ray_vllm_e2e_request_latency_seconds_count", (("model_name", MODEL),)): len(served),
+            ("ray_vllm_request_queue_time_seconds_count", (("model_name", MODEL),)): len(served),
+            ("ray_vllm_inter_token_latency_seconds_count", (("model_name", MODEL),)): generated - len(served),
+        }
 
-    def deltas(samples: dict) -> dict:
-        return {key: total(samples, key[0], **dict(key[1])) - total(before, key[0], **dict(key[1])) for key in expected}
+        def deltas(samples: dict) -> dict:
+            return {key: total(samples, key[0], **dict(key[1])) - total(before, key[0], **dict(key[1])) for key in expected}
 
-    deadline = time.monotonic() + METRICS_WAIT_S
-    while True:
-        after = scrape(metrics_url)
-        got = deltas(after)
-        if all(got[k] >= v for k, v in expected.items()) or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
-    time.sleep(3.0)  # nothing more may arrive: the counts match the traffic exactly
-    after = scrape(metrics_url)
-    assert deltas(after) == expected
+        poll(lambda: all(got >= expected[k] for k, got in deltas(scrape(metrics_url)).items()), METRICS_WAIT_S,
+             "the burst's counts on the endpoint")
+        # The burst's last report is out: the sampler's next scrape has the gauges set with it.
+        sampler.wait_for_next_scrape()
+    # Nothing more arrives once the endpoint settles: the counts match the traffic exactly.
+    assert deltas(settled(metrics_url)) == expected
 
     # Gauges set now and then: one model replica, desired and running; one start, every phase once.
     gauges = {
