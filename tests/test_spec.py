@@ -54,7 +54,8 @@ def test_camel_case_round_trip():
         (with_spec(engine__dtype="float8"), "spec.engine.dtype: Input should be 'auto', 'float32', 'float16' or 'bfloat16'"),
         (with_spec(engine__kvCacheMemory="lots"), "spec.engine.kvCacheMemory: 'lots' is not a Kubernetes quantity"),
         (with_spec(engine__args={"max_num_batched_tokenz": 512}),
-         "spec.engine.args.max_num_batched_tokenz: not a vLLM engine argument (did you mean 'max_num_batched_tokens'?)"),
+         "spec.engine.args.max_num_batched_tokenz: not a vLLM engine or front-end argument "
+         "(did you mean 'max_num_batched_tokens'?)"),
         (with_spec(engine__args={"enable_prefix_caching": "yes"}), "spec.engine.args.enable_prefix_caching: must be a bool"),
         (with_spec(engine__args={"tensor_parallel_size": 2}),
          "spec.engine.args.tensor_parallel_size: set by spec.parallelism.tensor"),

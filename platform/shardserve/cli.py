@@ -13,7 +13,7 @@ from typing import Optional
 from shardserve.api.crd import render_crd_yaml
 from shardserve.api.engine_args import CATALOG_PATH
 from shardserve.api.spec import ModelDeployment
-from shardserve.api.validation import SpecError, check_servable_here, load_file
+from shardserve.api.validation import SpecError, check_servable_here, check_servable_in_cluster, load_file
 from shardserve.bench.command import add_arguments as add_bench_arguments
 from shardserve.builtin.tiny import build_tiny_model
 from shardserve_operator.settings import add_arguments as add_operator_arguments
@@ -22,10 +22,10 @@ EXIT_INVALID = 2
 
 
 def _load_or_exit(path: str, *, servable_here: bool = True) -> ModelDeployment:
-    """The file's ModelDeployment; with `servable_here`, also one `shardserve run` can serve."""
+    """The file's ModelDeployment, checked for `shardserve run` (`servable_here`) or for a cluster."""
     try:
         md = load_file(path)
-        problems = check_servable_here(md) if servable_here else []
+        problems = check_servable_here(md) if servable_here else check_servable_in_cluster(md)
         if problems:
             raise SpecError(problems, path)
         return md

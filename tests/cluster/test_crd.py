@@ -270,6 +270,11 @@ TABLE = [
     ("backend-unknown", _with(GPU, spec__parallelism={"backend": "threads"}), False, "spec.parallelism.backend"),
     ("cpu-with-gpu-type", _with(CPU, spec__resources={"accelerator": "cpu", "acceleratorType": "H100"}), False,
      "spec.resources.acceleratorType applies to GPUs only"),
+    ("chat-template-two-sources", _with(CPU, spec__chat={"template": {"inline": "{{ x }}", "configMap": {
+        "name": "templates", "key": "chat.jinja"}}}), False, "spec.chat.template: set exactly one of"),
+    ("chat-template-no-source", _with(CPU, spec__chat={"template": {}}), False, "spec.chat.template: set exactly one of"),
+    ("chat-template-config-map", _with(CPU, spec__chat={"template": {"configMap": {
+        "name": "templates", "key": "chat.jinja"}}}), True, None),
     ("gpu-with-gpu-type", _with(GPU, spec__resources={"acceleratorType": "H100"}), True, None),
     ("gpu-type-unknown", _with(GPU, spec__resources={"acceleratorType": "H999"}), False,
      "spec.resources.acceleratorType"),
@@ -368,6 +373,9 @@ OPERATOR_ONLY = [
     ("tensor-does-not-divide-heads", _with(CPU, spec__parallelism={"tensor": 3}), "attention heads"),
     ("pipeline-deeper-than-layers", _with(CPU, spec__parallelism={"pipeline": 4}), "layers"),
     ("engine-arg-unknown", _with(GPU, spec__engine={"args": {"max_num_batched_tokenz": 1}}), "max_num_batched_tokenz"),
+    ("tool-parser-unknown", _with(CPU, spec__chat={"toolCalling": {"parser": "hermez"}}), "did you mean 'hermes'"),
+    ("chat-template-broken", _with(CPU, spec__chat={"template": {"inline": "{% for m in messages %}"}}),
+     "does not compile"),
 ]
 
 

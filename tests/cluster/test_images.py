@@ -72,7 +72,7 @@ def _operator_pins() -> dict[str, Requirement]:
 
 def test_operator_image_pins_match_pyproject():
     pins, project = _operator_pins(), _project_requirements()
-    assert set(pins) == {"pydantic", "pyyaml", "kubernetes", "kopf", "prometheus-client"}
+    assert set(pins) == {"pydantic", "pyyaml", "jinja2", "kubernetes", "kopf", "prometheus-client"}
     for name, requirement in pins.items():
         assert str(requirement.specifier) == str(project[name].specifier), name
 

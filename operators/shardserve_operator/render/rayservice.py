@@ -15,7 +15,14 @@ from typing import Any, Optional
 
 import yaml
 
-from shardserve.api.contract import APP_IMPORT_PATH, KEYS_FILE_ENV, LLM_DEPLOYMENT, PVC_MOUNT_ROOT, RAY_SERVE_ENV
+from shardserve.api.contract import (
+    APP_IMPORT_PATH,
+    CHAT_TEMPLATE_DIR,
+    KEYS_FILE_ENV,
+    LLM_DEPLOYMENT,
+    PVC_MOUNT_ROOT,
+    RAY_SERVE_ENV,
+)
 from shardserve.api.gpu_products import build_gpu_affinity
 from shardserve.api.placement import Placement, placement_for
 from shardserve.api.quantity import parse_quantity
@@ -31,6 +38,7 @@ WORKER_CONTAINER = "ray-worker"
 WORKER_GROUP = "workers"
 GPU_RESOURCE = "nvidia.com/gpu"
 MODEL_VOLUME = "models"
+CHAT_TEMPLATE_VOLUME = "chat-template"
 # Downloaded weights (hf://, s3://, gs://): Ray Serve LLM and vLLM download
 # into the Hugging Face cache on every node of a replica, so the cache is a
 # volume of the pod, not the container's writable layer; it survives
@@ -294,6 +302,13 @@ def _add_model_volumes(md: ModelDeployment, worker: dict[str, Any], volumes: lis
                         "emptyDir": {"sizeLimit": model.cache_size} if model.cache_size else {}})
         mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT})
         worker["env"].append({"name": "HF_HOME", "value": f"{CACHE_MOUNT}/huggingface"})
+    template = md.spec.chat.template if md.spec.chat else None
+    if template is not None and template.config_map is not None:
+        # vLLM reads the template from this file when the replica starts.
+        ref = template.config_map
+        volumes.append({"name": CHAT_TEMPLATE_VOLUME,
+                        "configMap": {"name": ref.name, "items": [{"key": ref.key, "path": ref.key}]}})
+        mounts.append({"name": CHAT_TEMPLATE_VOLUME, "mountPath": CHAT_TEMPLATE_DIR, "readOnly": True})
     if not mounts:
         del worker["volumeMounts"]
 

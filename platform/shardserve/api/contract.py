@@ -23,6 +23,8 @@ COLD_START_CALLBACK = "shardserve.serve.telemetry.cold_start:ColdStartCallback"
 LLM_DEPLOYMENT = "llm"
 # Where the operator mounts a pvc:// claim inside Ray pods.
 PVC_MOUNT_ROOT = "/mnt/models"
+# Where the operator mounts a spec.chat.template.configMap in Ray worker pods.
+CHAT_TEMPLATE_DIR = "/etc/shardserve/chat-template"
 
 # Ray Serve switches every Ray process of a deployment reads, set before Ray
 # starts (`shardserve run`) or on the Ray pods (the rendered RayService).

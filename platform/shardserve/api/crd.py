@@ -126,6 +126,10 @@ RULES: dict[tuple[str, ...], tuple[Rule, ...]] = {
              "30000-31000, 40000-41000 and 52365 belong to KubeRay and Ray",
              field_path=".port"),
     ),
+    ("spec", "chat", "template"): (
+        Rule("[has(self.inline), has(self.file), has(self.configMap)].filter(x, x).size() == 1",
+             "spec.chat.template: set exactly one of inline, file and configMap"),
+    ),
     ("spec", "autoscaling"): (
         Rule("self.maxReplicas >= self.minReplicas",
              "spec.autoscaling.maxReplicas must be >= spec.autoscaling.minReplicas",

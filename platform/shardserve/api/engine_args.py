@@ -1,4 +1,6 @@
-"""Checks `spec.engine.args` against vLLM's own EngineArgs.
+"""Checks `spec.engine.args` against vLLM's own EngineArgs and the OpenAI
+front end's arguments (Ray Serve LLM passes both kinds through), and the
+parser names of `spec.chat` against vLLM's registries.
 
 Importing vLLM takes seconds and the operator image has no vLLM, so the
 argument names and simple types live in `engine_args.json`, generated from the
@@ -33,6 +35,32 @@ RESERVED = {
     "kv_cache_memory_bytes": "spec.engine.kvCacheMemory",
     "enforce_eager": "spec.engine.enforceEager",
     "seed": "spec.engine.seed",
+    # front-end arguments with a typed field
+    "chat_template": "spec.chat.template",
+    "tool_call_parser": "spec.chat.toolCalling.parser",
+    "enable_auto_tool_choice": "spec.chat.toolCalling.autoToolChoice",
+    "reasoning_parser": "spec.chat.reasoningParser",
+}
+
+# Front-end arguments about the HTTP server, which shardserve owns: Ray Serve
+# LLM ignores them or they would bypass the replica's own checks.
+OWNED_BY_SERVER = {
+    "host": "the replica's HTTP server", "port": "spec.serving.port", "uds": "the replica's HTTP server",
+    "api_key": "spec.serving.apiKeySecret", "root_path": "spec.ingress.path",
+    "ssl_keyfile": "spec.ingress.tlsSecret", "ssl_certfile": "spec.ingress.tlsSecret",
+    "ssl_ca_certs": "spec.ingress.tlsSecret", "ssl_cert_reqs": "spec.ingress.tlsSecret",
+    "ssl_ciphers": "spec.ingress.tlsSecret", "enable_ssl_refresh": "spec.ingress.tlsSecret",
+    "allowed_origins": "the Ingress (CORS)", "allowed_methods": "the Ingress (CORS)",
+    "allowed_headers": "the Ingress (CORS)", "allow_credentials": "the Ingress (CORS)",
+    "middleware": "the replica's HTTP server", "uvicorn_log_level": "the replica's HTTP server",
+    "disable_uvicorn_access_log": "the replica's HTTP server",
+    "disable_access_log_for_endpoints": "the replica's HTTP server",
+    "h11_max_incomplete_event_size": "spec.serving.maxRequestBytes", "h11_max_header_count": "the replica's HTTP server",
+    "disable_fastapi_docs": "the replica's HTTP server", "enable_offline_docs": "the replica's HTTP server",
+    "enable_request_id_headers": "the replica's HTTP server (it always returns x-request-id)",
+    "log_config_file": "Ray's logging", "data_parallel_supervisor_port": "Ray Serve",
+    "dp_supervisor_probe_interval_s": "Ray Serve", "dp_supervisor_probe_timeout_s": "Ray Serve",
+    "dp_supervisor_probe_failure_threshold": "Ray Serve", "lora_modules": "Ray Serve LLM's LoRA support",
 }
 
 @lru_cache(maxsize=1)
@@ -55,19 +83,36 @@ def _type_ok(kind: Any, value: Any) -> bool:
 
 
 def check_engine_args(args: dict[str, Any], path: str = "spec.engine.args") -> list[str]:
-    """Problems with user-given engine arguments, each naming the field and rule."""
-    known: dict[str, Any] = load_catalog()["args"]
+    """Problems with user-given engine and front-end arguments, each naming the field and rule."""
+    catalog = load_catalog()
+    # An argument in both lists goes to the front end (Ray Serve LLM's order).
+    known: dict[str, Any] = {**catalog["args"], **catalog["frontend_args"]}
     problems = []
     for name, value in args.items():
         where = f"{path}.{name}"
         if name in RESERVED:
             problems.append(f"{where}: set by {RESERVED[name]}; use that field instead")
+        elif name in OWNED_BY_SERVER:
+            problems.append(f"{where}: shardserve's HTTP server owns this; it is set by {OWNED_BY_SERVER[name]}")
         elif name not in known:
-            hint = difflib.get_close_matches(name.replace("-", "_"), known, n=1)
-            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
-            problems.append(f"{where}: not a vLLM engine argument{suggestion}")
+            problems.append(f"{where}: not a vLLM engine or front-end argument{_did_you_mean(name.replace('-', '_'), known)}")
         elif not _type_ok(known[name], value):
             kind = known[name]
             want = f"one of {kind['choices']}" if isinstance(kind, dict) else f"a {kind}"
             problems.append(f"{where}: must be {want}; got {value!r}")
     return problems
+
+
+def check_parser_name(name: str, registry: str, where: str) -> list[str]:
+    """A tool-call or reasoning parser name against vLLM's registry ("tool_call_parsers", "reasoning_parsers")."""
+    names: list[str] = load_catalog()[registry]
+    if name in names:
+        return []
+    kind = "tool-call" if registry == "tool_call_parsers" else "reasoning"
+    return [f"{where}: {name!r} is not a vLLM {kind} parser{_did_you_mean(name, names)}; "
+            f"vLLM {load_catalog()['vllm_version']} has: {', '.join(names)}"]
+
+
+def _did_you_mean(name: str, names: Any) -> str:
+    hint = difflib.get_close_matches(name, list(names), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""

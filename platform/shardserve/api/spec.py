@@ -11,7 +11,7 @@ import re
 from typing import Any, Literal, Optional, get_args
 
 from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic.alias_generators import to_camel, to_snake
 
 from shardserve.api.kuberay import find_reserved_port
 from shardserve.api.quantity import check_quantity
@@ -283,6 +283,68 @@ class TelemetrySpec(_Model):
     )
 
 
+# Jinja templates run in every chat request; a cap keeps a spec (and the
+# RayService that carries it) small.
+MAX_CHAT_TEMPLATE_CHARS = 64 * 1024
+
+
+class ConfigMapKeyRef(_Model):
+    name: str = Field(
+        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="ConfigMap in the ModelDeployment's namespace.",
+    )
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Data key holding the template.",
+    )
+
+
+class ChatTemplateSpec(_Model):
+    inline: Optional[str] = Field(
+        default=None, min_length=1, max_length=MAX_CHAT_TEMPLATE_CHARS, description="The Jinja template itself.",
+    )
+    file: Optional[str] = Field(
+        default=None, min_length=1, max_length=4096,
+        description="A file holding the template, relative to the spec file (shardserve run only).",
+    )
+    config_map: Optional[ConfigMapKeyRef] = Field(
+        default=None,
+        description="A ConfigMap key holding the template (cluster only); the operator mounts it in the Ray "
+        "pods, and a changed template reaches replicas as they restart.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ChatTemplateSpec:
+        given = [name for name in ("inline", "file", "configMap") if getattr(self, to_snake(name)) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of inline, file and configMap (got {', '.join(given) or 'none'})")
+        return self
+
+
+class ToolCallingSpec(_Model):
+    parser: str = Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="vLLM tool-call parser that turns the model's output into tool_calls; it must match the "
+        "model's chat format (e.g. hermes, llama3_json, mistral, qwen3_xml). Checked against vLLM's registry.",
+    )
+    auto_tool_choice: bool = Field(
+        default=True,
+        description="Let the model decide when to call a tool (tool_choice auto). Named and required "
+        "tool choices work either way: structured output constrains the arguments.",
+    )
+
+
+class ChatSpec(_Model):
+    template: Optional[ChatTemplateSpec] = Field(
+        default=None, description="Replace the model's chat template (checked to compile when the spec loads).",
+    )
+    tool_calling: Optional[ToolCallingSpec] = Field(default=None, description="Tool calling on /v1/chat/completions.")
+    reasoning_parser: Optional[str] = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="vLLM reasoning parser: the model's reasoning goes to reasoning_content instead of content "
+        "(e.g. deepseek_r1, qwen3). Checked against vLLM's registry.",
+    )
+
+
 class ModelDeploymentSpec(_Model):
     model: ModelSpec = Field(description="Which model to serve and where its weights come from.")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
@@ -299,6 +361,9 @@ class ModelDeploymentSpec(_Model):
     ingress: Optional[IngressSpec] = Field(default=None, description="Expose the endpoint through an Ingress.")
     image: Optional[str] = Field(default=None, description="Runtime image for Ray pods (cluster only).")
     telemetry: Optional[TelemetrySpec] = Field(default=None, description="Traces (metrics need no settings).")
+    chat: Optional[ChatSpec] = Field(
+        default=None, description="OpenAI chat options of vLLM's front end: chat template, tool calling, reasoning.",
+    )
 
     @model_validator(mode="after")
     def _one_replica_owner(self) -> ModelDeploymentSpec:

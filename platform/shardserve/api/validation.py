@@ -15,7 +15,8 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from shardserve.api.engine_args import check_engine_args
+from shardserve.api.chat_template import check_chat_template
+from shardserve.api.engine_args import check_engine_args, check_parser_name
 from shardserve.api.placement import PlacementError, check_model_shape, placement_for
 from shardserve.api.spec import ModelDeployment
 
@@ -81,10 +82,47 @@ def model_config_for(md: ModelDeployment) -> Optional[dict[str, Any]]:
     return None
 
 
+def check_chat(md: ModelDeployment) -> list[str]:
+    """Parser names against vLLM's registries; an inline template must compile."""
+    chat, problems = md.spec.chat, []
+    if chat is None:
+        return []
+    if chat.tool_calling is not None:
+        problems += check_parser_name(chat.tool_calling.parser, "tool_call_parsers", "spec.chat.toolCalling.parser")
+    if chat.reasoning_parser is not None:
+        problems += check_parser_name(chat.reasoning_parser, "reasoning_parsers", "spec.chat.reasoningParser")
+    if chat.template is not None and chat.template.inline is not None:
+        problems += filter(None, [check_chat_template(chat.template.inline, "spec.chat.template.inline")])
+    return problems
+
+
+def resolve_template_file(md: ModelDeployment, base_dir: Optional[Path]) -> tuple[ModelDeployment, list[str]]:
+    """A file template read relative to the spec file: its absolute path, and
+    whether it can be read and compiles. Without a spec file (a cluster) there
+    is nothing to read it relative to."""
+    chat = md.spec.chat
+    if chat is None or chat.template is None or chat.template.file is None:
+        return md, []
+    where = "spec.chat.template.file"
+    if base_dir is None:
+        return md, [f"{where}: a file is read by shardserve run next to the spec file; "
+                    "in a cluster use spec.chat.template.inline or configMap"]
+    path = (base_dir / chat.template.file).resolve()
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        return md, [f"{where}: cannot read {path}: {getattr(err, 'strerror', None) or err}"]
+    problem = check_chat_template(text, f"{where} ({path})")
+    template = chat.template.model_copy(update={"file": str(path)})
+    resolved = md.model_copy(update={"spec": md.spec.model_copy(
+        update={"chat": chat.model_copy(update={"template": template})})})
+    return resolved, [problem] if problem else []
+
+
 def check_deployment(md: ModelDeployment) -> list[str]:
     """Rules across fields and against vLLM that pydantic alone cannot see."""
     spec = md.spec
-    problems = check_engine_args(spec.engine.args)
+    problems = check_engine_args(spec.engine.args) + check_chat(md)
     try:
         placement_for(spec)
     except PlacementError as err:
@@ -94,15 +132,31 @@ def check_deployment(md: ModelDeployment) -> list[str]:
 
 
 def check_servable_here(md: ModelDeployment) -> list[str]:
-    """What a cluster accepts but `shardserve run` cannot serve: a paused deployment."""
+    """What a cluster accepts but `shardserve run` cannot serve: a paused
+    deployment, a template in a ConfigMap."""
+    problems = []
     if md.spec.autoscaling is None and md.spec.replicas == 0:
-        return ["spec.replicas: 0 pauses the deployment in a cluster (no Ray pods, no accelerators held); "
-                "shardserve run serves at least one replica: set replicas >= 1"]
+        problems.append("spec.replicas: 0 pauses the deployment in a cluster (no Ray pods, no accelerators held); "
+                        "shardserve run serves at least one replica: set replicas >= 1")
+    chat = md.spec.chat
+    if chat is not None and chat.template is not None and chat.template.config_map is not None:
+        problems.append("spec.chat.template.configMap: ConfigMaps exist in a cluster; "
+                        "shardserve run takes spec.chat.template.inline or file")
+    return problems
+
+
+def check_servable_in_cluster(md: ModelDeployment) -> list[str]:
+    """What `shardserve run` accepts but a cluster cannot serve: a template file on this machine."""
+    chat = md.spec.chat
+    if chat is not None and chat.template is not None and chat.template.file is not None:
+        return ["spec.chat.template.file: a file on this machine does not reach the cluster; "
+                "use spec.chat.template.inline or configMap"]
     return []
 
 
-def parse_deployment(data: Any, source: str = "") -> ModelDeployment:
-    """Validates a parsed document; raises SpecError listing every problem."""
+def parse_deployment(data: Any, source: str = "", base_dir: Optional[Path] = None) -> ModelDeployment:
+    """Validates a parsed document; raises SpecError listing every problem.
+    `base_dir` is the spec file's directory, for files the spec names."""
     if not isinstance(data, dict):
         raise SpecError([f"(document): must be a mapping with apiVersion, kind, metadata, spec; "
                          f"got {type(data).__name__}"], source)
@@ -110,7 +164,8 @@ def parse_deployment(data: Any, source: str = "") -> ModelDeployment:
         md = ModelDeployment.model_validate(data)
     except ValidationError as err:
         raise SpecError([_describe(e) for e in err.errors()], source) from None
-    problems = check_deployment(md)
+    md, problems = resolve_template_file(md, base_dir)
+    problems += check_deployment(md)
     if problems:
         raise SpecError(problems, source)
     return md
@@ -131,4 +186,4 @@ def load_file(path: str | Path) -> ModelDeployment:
         raise SpecError([f"(document): not valid YAML{at}: {getattr(err, 'problem', err)}"], str(path)) from None
     if len(docs) != 1:
         raise SpecError([f"(document): expected one ModelDeployment, found {len(docs)} documents"], str(path))
-    return parse_deployment(docs[0], str(path))
+    return parse_deployment(docs[0], str(path), base_dir=path.parent)

@@ -35,9 +35,22 @@ def _kind(annotation: Any) -> Any:
 
 
 def build_catalog() -> dict[str, Any]:
-    """Reads the installed vLLM's AsyncEngineArgs (imports vLLM: slow)."""
+    """Reads the installed vLLM (imports it: slow): its engine arguments, the
+    OpenAI front end's arguments (Ray Serve LLM passes both through
+    engine_kwargs) and the names its tool-call and reasoning parser
+    registries know."""
     from vllm import __version__
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.entrypoints.launchers.cli_args import FrontendArgs
+    from vllm.reasoning import ReasoningParserManager
+    from vllm.tool_parsers import ToolParserManager
 
     args = {f.name: _kind(f.type) for f in dataclasses.fields(AsyncEngineArgs)}
-    return {"vllm_version": __version__, "args": dict(sorted(args.items()))}
+    frontend = {f.name: _kind(f.type) for f in dataclasses.fields(FrontendArgs)}
+    return {
+        "vllm_version": __version__,
+        "args": dict(sorted(args.items())),
+        "frontend_args": dict(sorted(frontend.items())),
+        "tool_call_parsers": sorted({*ToolParserManager.lazy_parsers, *ToolParserManager.tool_parsers}),
+        "reasoning_parsers": sorted({*ReasoningParserManager.lazy_parsers, *ReasoningParserManager.reasoning_parsers}),
+    }

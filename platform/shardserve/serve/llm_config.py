@@ -6,13 +6,14 @@ controller (via `shardserve.app:build_app`), so both places serve one config.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
-from shardserve.api.contract import COLD_START_CALLBACK, PVC_MOUNT_ROOT
+from shardserve.api.contract import CHAT_TEMPLATE_DIR, COLD_START_CALLBACK, PVC_MOUNT_ROOT
 from shardserve.api.placement import Placement, cpu_threads_bind, placement_for
 from shardserve.api.quantity import parse_quantity
 from shardserve.api.serve_options import build_deployment_config
-from shardserve.api.spec import ModelDeployment, ModelSpec
+from shardserve.api.spec import ChatSpec, ModelDeployment, ModelSpec
 
 # A stream's outputs after the first are sent in batches this often (Ray Serve
 # LLM's default); the replica sends the first at once (first_then_batched).
@@ -53,7 +54,33 @@ def build_engine_kwargs(md: ModelDeployment, placement: Placement) -> dict[str, 
         "kv_cache_memory_bytes": int(parse_quantity(engine.kv_cache_memory)) if engine.kv_cache_memory else None,
     }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
+    kwargs.update(build_chat_kwargs(md.spec.chat))
     kwargs.update(engine.args)
+    return kwargs
+
+
+def build_chat_kwargs(chat: Optional[ChatSpec]) -> dict[str, Any]:
+    """vLLM front-end arguments for spec.chat (Ray Serve LLM routes them to the front end).
+
+    A file template is read here, where the spec was loaded (`shardserve run`);
+    a ConfigMap template is a file the operator mounts in the Ray pods, which
+    vLLM reads when the replica starts."""
+    if chat is None:
+        return {}
+    kwargs: dict[str, Any] = {}
+    template = chat.template
+    if template is not None:
+        if template.inline is not None:
+            kwargs["chat_template"] = template.inline
+        elif template.file is not None:
+            kwargs["chat_template"] = Path(template.file).read_text()
+        elif template.config_map is not None:
+            kwargs["chat_template"] = f"{CHAT_TEMPLATE_DIR}/{template.config_map.key}"
+    if chat.tool_calling is not None:
+        kwargs["tool_call_parser"] = chat.tool_calling.parser
+        kwargs["enable_auto_tool_choice"] = chat.tool_calling.auto_tool_choice
+    if chat.reasoning_parser is not None:
+        kwargs["reasoning_parser"] = chat.reasoning_parser
     return kwargs
 
 
