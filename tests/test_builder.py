@@ -30,6 +30,7 @@ def test_tiny_cpu_config():
         "enforce_eager": False,
         "max_model_len": 256,
         "kv_cache_memory_bytes": 256 * 2**20,
+        "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
     }
     assert config["placement_group_config"] == {"bundles": [{"CPU": 1.0}], "strategy": "STRICT_PACK"}
     assert config["deployment_config"]["num_replicas"] == 1

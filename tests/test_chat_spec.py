@@ -145,3 +145,19 @@ def test_validate_names_the_bad_parser_and_exits_2(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "spec.chat.toolCalling.parser: 'hermez' is not a vLLM tool-call parser (did you mean 'hermes'?)" in out.stderr
+
+
+@pytest.mark.parametrize("given, expected", [
+    (None, {"backend": "xgrammar", "disable_any_whitespace": True}),
+    ({"backend": "guidance"}, {"backend": "guidance", "disable_any_whitespace": True}),
+    ({"backend": "auto"}, {"backend": "auto"}),
+    ({"disable_any_whitespace": False}, {"backend": "xgrammar", "disable_any_whitespace": False}),
+])
+def test_structured_output_is_compact_unless_the_spec_says_otherwise(given, expected):
+    """vLLM's own config class is the judge: it refuses the whitespace switch with backend auto."""
+    from vllm.config.structured_outputs import StructuredOutputsConfig
+
+    md = parse_deployment(with_chat({}, **({"structured_outputs_config": given} if given else {})))
+    config = build_llm_config(md, builtin_dir="/m")["engine_kwargs"]["structured_outputs_config"]
+    assert config == expected
+    StructuredOutputsConfig(**config)

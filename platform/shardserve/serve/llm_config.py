@@ -19,6 +19,15 @@ from shardserve.api.spec import ChatSpec, ModelDeployment, ModelSpec
 # LLM's default); the replica sends the first at once (first_then_batched).
 STREAM_BATCHING_INTERVAL_MS = 50
 
+# JSON from structured output (response_format, named and required tool
+# choices) is compact: by default the grammar allows any whitespace between
+# tokens, and a model can fill max_tokens with it and never close the object.
+# vLLM takes disable_any_whitespace only with a named backend: xgrammar, the
+# one "auto" picks first and the one that compiles tool-call structural tags
+# (guidance refuses them). spec.engine.args.structured_outputs_config
+# overrides each key.
+STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
+
 
 def resolve_model_source(model: ModelSpec, builtin_dir: Optional[str] = None) -> str:
     """What vLLM loads: a Hugging Face id, a cloud URI, or a local path."""
@@ -56,7 +65,17 @@ def build_engine_kwargs(md: ModelDeployment, placement: Placement) -> dict[str, 
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     kwargs.update(build_chat_kwargs(md.spec.chat))
     kwargs.update(engine.args)
+    kwargs["structured_outputs_config"] = build_structured_outputs(engine.args.get("structured_outputs_config") or {})
     return kwargs
+
+
+def build_structured_outputs(given: dict[str, Any]) -> dict[str, Any]:
+    """Our defaults under the spec's keys; the whitespace switch is dropped
+    when the spec names a backend that refuses it (auto, outlines)."""
+    config = {**STRUCTURED_OUTPUTS, **given}
+    if config["backend"] not in ("xgrammar", "guidance") and "disable_any_whitespace" not in given:
+        del config["disable_any_whitespace"]
+    return config
 
 
 def build_chat_kwargs(chat: Optional[ChatSpec]) -> dict[str, Any]:
