@@ -246,17 +246,32 @@ def present(samples: dict, name: str, **labels: str) -> bool:
     return any(n == name and labels.items() <= dict(lbls).items() for n, lbls in samples)
 
 
+# The counters test_metrics_match_known_traffic checks against its traffic.
+TRAFFIC_COUNTERS = (
+    "ray_serve_num_http_requests_total", "ray_serve_http_request_latency_ms_count",
+    "ray_shardserve_rejected_requests_total", "ray_vllm_request_success_total", "ray_vllm_prompt_tokens_total",
+    "ray_vllm_generation_tokens_total", "ray_vllm_time_to_first_token_seconds_count",
+    "ray_vllm_request_time_per_output_token_seconds_count", "ray_vllm_e2e_request_latency_seconds_count",
+    "ray_vllm_request_queue_time_seconds_count", "ray_vllm_inter_token_latency_seconds_count",
+)
+
+
 def settled(url: str) -> dict:
-    """A scrape once Ray's metrics pipeline has caught up (two equal scrapes in a row)."""
-    previous = scrape(url)
-    for _ in range(30):
-        time.sleep(2.5)
+    """A scrape once Ray's metrics pipeline has caught up: the traffic counters equal in two
+    scrapes a few report intervals (1 s here) apart. Not all counters: Ray's own keep moving."""
+
+    def counters(samples: dict) -> dict:
+        return {k: v for k, v in samples.items() if k[0] in TRAFFIC_COUNTERS}
+
+    previous = counters(scrape(url))
+    deadline = time.monotonic() + 75
+    while True:
+        time.sleep(2.5)  # the interval of this poll: a few report intervals between the two scrapes
         current = scrape(url)
-        if current.keys() == previous.keys() and all(
-                current[k] == previous[k] for k in current if k[0].endswith(("_total", "_count"))):
+        if counters(current) == previous:
             return current
-        previous = current
-    return previous
+        assert time.monotonic() < deadline, "the traffic counters did not settle within 75 s"
+        previous = counters(current)
 
 
 def documented_metrics() -> list[str]:
