@@ -43,7 +43,7 @@ from shardserve.api.crd import CRD_NAME, build_crd
 from shardserve.api.spec import API_VERSION
 from shardserve_operator import naming
 from shardserve_operator.checks import compute_missing_fields, compute_stale_crd_fields, describe_missing_fields
-from shardserve_operator.failures import classify, compute_backoff, describe_error
+from shardserve_operator.failures import InvalidSpecError, classify, compute_backoff, describe_error
 from shardserve_operator.hashing import cluster_fingerprint_of, fingerprint_of
 from shardserve_operator.kinds import CHILD_KINDS, RAYCLUSTER, Kind
 from shardserve_operator.kube import Kube
@@ -102,8 +102,7 @@ class Controller:
         try:
             crd = read_rayservice_crd(self.kube)
         except Exception as err:  # 403 and the like: the writes' strict validation still catches it
-            log.warning("could not read the RayService CRD (%s); relying on strict field validation",
-                        getattr(err, "status", None) or type(err).__name__)
+            log.warning("could not read the RayService CRD (%s); relying on strict field validation", describe_error(err))
             return self.kuberay_missing
         if crd is None:
             log.warning("the RayService CRD (rayservices.ray.io) is not installed; install KubeRay")
@@ -127,7 +126,7 @@ class Controller:
         try:
             installed = read_crd(self.kube, CRD_NAME)
         except Exception as err:
-            log.warning("could not read the ModelDeployment CRD (%s)", getattr(err, "status", None) or type(err).__name__)
+            log.warning("could not read the ModelDeployment CRD (%s)", describe_error(err))
             return []
         if installed is None:
             return []
@@ -234,7 +233,9 @@ class Controller:
         except Exception as err:
             delay = self._note_failure(key, err)
             if delay is None:
-                log.warning("reconciling %s/%s failed: %s; waiting for a new spec", *key, describe_error(err))
+                # An invalid spec is in its status already, and every child event would repeat it.
+                level = logging.DEBUG if isinstance(err, InvalidSpecError) else logging.WARNING
+                log.log(level, "reconciling %s/%s failed: %s; waiting for a new spec", *key, describe_error(err))
                 return
             log.warning("reconciling %s/%s failed: %s; retrying in %.2fs", *key, describe_error(err), delay)
             self._cancel_retry(key)

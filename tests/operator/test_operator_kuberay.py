@@ -18,6 +18,8 @@ import pytest
 
 from operator_harness import MD_PATH, RS_PATH, eventually, operator_settings, start_operator, tiny_document
 from shardserve.api.kuberay import MIN_KUBERAY_VERSION_TEXT, build_cluster_labels
+from shardserve_operator.controller import Controller
+from shardserve_operator.kube import Kube, build_api_client
 from test_operator_integration import converged, ready_status, settled
 
 pytestmark = pytest.mark.asyncio
@@ -315,3 +317,13 @@ async def test_replicas_zero_pauses_and_says_so(cluster, operator):
     await cluster.patch(MD, {"spec": {"replicas": 1}})
     await eventually(lambda: cluster.rayservice("tiny") is not None, 10, "started again")
     await asyncio.sleep(0)
+
+
+async def test_an_unreadable_rayservice_crd_is_logged_in_the_servers_words(cluster, caplog):
+    """No RBAC to read CRDs leaves strict validation as the check; the log says what the API server said."""
+    cluster.emulator.inject("GET", r"/customresourcedefinitions/rayservices.ray.io$", 403, message="rbac says no")
+    controller = Controller(Kube(build_api_client(cluster.url)), operator_settings(cluster.url))
+    with caplog.at_level(logging.WARNING, logger="shardserve_operator"):
+        assert await asyncio.to_thread(controller.check_kuberay) == ()
+    assert ("could not read the RayService CRD (GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+            "rayservices.ray.io: HTTP 403 Forbidden: rbac says no)") in caplog.text
