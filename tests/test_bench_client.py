@@ -21,6 +21,7 @@ from shardserve.cli import main
 
 KEY = "sk-bench"
 FIRST_S, GAP_S, CHUNKS = 0.15, 0.03, 5
+SLACK_S = 2.0  # how late a loaded machine may run a timer or a read
 
 
 def sse(obj) -> str:
@@ -103,9 +104,11 @@ def send(base_url, prompt="hello", api="completions", key=KEY, **spec):
 def test_timings_and_tokens_of_a_stream(fake_server, api):
     r = send(fake_server, api=api)
     assert r.success, (r.error, r.detail)
-    assert FIRST_S <= r.ttft < FIRST_S + 0.1
-    assert len(r.itl) == CHUNKS - 1
-    assert all(GAP_S * 0.8 <= gap < GAP_S + 0.05 for gap in r.itl)
+    # Only what the server's sleeps guarantee: a descheduled client reads late
+    # and may then read two chunks at once, so single gaps prove little.
+    assert FIRST_S <= r.ttft < FIRST_S + SLACK_S
+    assert len(r.itl) == CHUNKS - 1 and all(gap >= 0 for gap in r.itl)
+    assert (CHUNKS - 1) * GAP_S * 0.9 <= sum(r.itl) < (CHUNKS - 1) * GAP_S + SLACK_S
     assert r.latency == pytest.approx(r.ttft + sum(r.itl))
     assert (r.output_tokens, r.prompt_tokens, r.tokens_from_usage) == (2 * CHUNKS, 7, True)
 
@@ -161,7 +164,7 @@ def test_bench_command_reports_json_and_table(fake_server, capsys, tmp_path):
         m = level["metrics"]
         assert m["completed"] == 4 and m["failed"] == 0 and m["good_requests"] == 4
         assert m["total_output_tokens"] == 4 * 2 * CHUNKS
-        assert FIRST_S * 1000 <= m["ttft"]["p50_ms"] < (FIRST_S + 0.1) * 1000
+        assert FIRST_S * 1000 <= m["ttft"]["p50_ms"] < (FIRST_S + SLACK_S) * 1000
     one, four = (level["metrics"]["output_throughput"] for level in report["levels"])
     assert four > 2 * one  # the fake serves requests in parallel
     table = capsys.readouterr().out
