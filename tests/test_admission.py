@@ -7,7 +7,7 @@ import httpx
 import pytest
 from fastapi import Request
 
-from shardserve.serve.http.ingress import _is_v1_post, build_fastapi_app
+from shardserve.serve.http.ingress import _is_api_post, build_fastapi_app
 from shardserve.serve.http.limits import RequestLimits
 from shardserve.serve.telemetry import metrics
 
@@ -67,9 +67,11 @@ async def test_requests_past_the_replicas_limit_get_an_immediate_429(monkeypatch
     ({"type": "http", "method": "POST", "path": "/v1/completions"}, True),
     ({"type": "http", "method": "GET", "path": "/v1/models"}, False),
     ({"type": "http", "method": "GET", "path": "/health"}, False),
-    ({"type": "http", "method": "POST", "path": "/tokenize"}, False),
-    ({"type": "http", "method": "POST", "path": "/v1"}, False),
+    ({"type": "http", "method": "POST", "path": "/v1/embeddings"}, True),
+    ({"type": "http", "method": "POST", "path": "/tokenize"}, True),
+    ({"type": "http", "method": "POST", "path": "/detokenize"}, True),
+    ({"type": "http", "method": "GET", "path": "/metrics"}, False),
     ({"type": "lifespan"}, False),
 ])
-def test_admission_and_body_checks_apply_to_posts_to_the_openai_api_only(scope, applies):
-    assert _is_v1_post(scope) is applies
+def test_admission_and_body_checks_apply_to_every_post(scope, applies):
+    assert _is_api_post(scope) is applies

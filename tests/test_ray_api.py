@@ -96,3 +96,30 @@ async def test_llm_server_batches_a_stream_through_the_hook():
 def test_the_replica_overrides_the_batching_hook():
     assert ShardserveServer._batch_output_stream is ray_private.BatchingHooks._batch_output_stream
     assert "batch_output_stream" in vars(ShardserveServer)
+
+
+class _RouteRecorder:
+    """Takes the place of a FastAPI app for Ray's route factories."""
+
+    def __init__(self):
+        self.routes = []
+
+    def __getattr__(self, method):
+        return lambda path, **_options: self.routes.append((method, path))
+
+
+def test_the_ingress_routes_every_post_route_of_rays_ingress():
+    """Ray's OpenAiIngress routes: a POST route Ray adds in an upgrade must
+    be added to the endpoint table (with the tasks it needs), not go unserved."""
+    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS
+
+    from shardserve.serve.http.endpoints import ENDPOINTS
+
+    posts = {}
+    for name, route in DEFAULT_ENDPOINTS.items():
+        recorder = _RouteRecorder()
+        route(recorder)
+        (method, path), = recorder.routes
+        if method == "post":
+            posts[name] = path
+    assert posts == {endpoint.name: endpoint.path for endpoint in ENDPOINTS}

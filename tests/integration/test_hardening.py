@@ -85,6 +85,12 @@ CASES = [
     ("messages wrong type", "POST", CHAT, None, chat(messages="hi"), 400, "invalid_request_error", "messages"),
     ("JSON nested 30000 deep", "POST", COMPLETIONS, None,
      b'{"model": "tiny", "prompt": ' + b"[" * 30000 + b"]" * 30000 + b"}", 400, "invalid_request_error", None),
+    ("tokenize without key", "POST", "/tokenize", {}, {"model": "tiny", "prompt": "hi"}, 401,
+     "authentication_error", None),
+    ("tokenize body over maxRequestBytes", "POST", "/tokenize", None, {"model": "tiny", "prompt": "x" * (MAX_BYTES + 1)},
+     413, "invalid_request_error", None),
+    ("embeddings of a generative model", "POST", "/v1/embeddings", None, {"model": "tiny", "input": "hi"}, 404,
+     "not_found_error", None),
     ("stream with a wrong key", "POST", CHAT, {"Authorization": "Bearer sk-first-012345678"}, chat(stream=True),
      401, "authentication_error", None),
 ]

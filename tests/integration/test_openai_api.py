@@ -110,3 +110,29 @@ def test_greedy_token_ids_are_returned_and_repeat(tiny_stack, single_worker_toke
     # single_worker_tokens: read from this stack, once; test_parallel compares its layouts with them.
     assert greedy_tokens(tiny_stack) == single_worker_tokens
 
+
+
+def test_model_list_says_what_the_model_does(tiny_stack):
+    card = httpx.get(f"{tiny_stack.base_url}/v1/models/{MODEL}", timeout=30).json()
+    assert card["metadata"]["tasks"] == ["generate"]
+    assert card["metadata"]["endpoints"] == ["/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"]
+
+
+def test_embeddings_and_scores_are_404s_that_say_why(client, tiny_stack):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.embeddings.create(model=MODEL, input="hi")
+    assert caught.value.body["code"] == "unsupported_endpoint"
+    assert "tasks are generate" in caught.value.body["message"]
+    score = httpx.post(f"{tiny_stack.base_url}/v1/score", json={"model": MODEL, "text_1": "a", "text_2": "b"}, timeout=30)
+    assert score.status_code == 404 and score.json()["error"]["code"] == "unsupported_endpoint"
+
+
+def test_tokenize_and_detokenize_round_trip(tiny_stack):
+    tokens = httpx.post(f"{tiny_stack.base_url}/tokenize", json={"model": MODEL, "prompt": "The river"}, timeout=30)
+    assert tokens.status_code == 200, tokens.text
+    ids = tokens.json()["tokens"]
+    assert tokens.json()["count"] == len(ids) > 0
+    text = httpx.post(f"{tiny_stack.base_url}/detokenize", json={"model": MODEL, "tokens": ids}, timeout=30)
+    assert text.status_code == 200 and text.json()["prompt"].strip().endswith("The river")
+    wrong = httpx.post(f"{tiny_stack.base_url}/tokenize", json={"model": MODEL, "prompt": 7}, timeout=30)
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "prompt"

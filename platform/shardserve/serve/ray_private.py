@@ -23,8 +23,14 @@ Ray Serve LLM (ray.llm._internal):
   builder builds it.
 - `OpenAIHTTPException`: what LLMServer and OpenAiIngress raise for a
   failed request; the ingress answers it in OpenAI's error shape.
-- `DEFAULT_ENDPOINTS`: OpenAiIngress's routes, which the ingress serves
-  (with /health added).
+- `engine_tasks`: what the replica's model can do (generate, embed, ...),
+  from vLLM's engine client, which LLMServer's engine keeps in a private
+  attribute; the ingress serves the routes those tasks need (endpoints.py).
+- `adopt_tokenizer_service`: Ray 2.60's vLLM engine looks for vLLM's
+  tokenizer service under an older name (`openai_serving_tokenization`);
+  vLLM 0.29 sets `serving_tokenization`, so /tokenize and /detokenize would
+  say the model cannot tokenize. The replica hands the engine the service
+  under the name it reads.
 - `SetRequestIdMiddleware`: gives each request its id (x-request-id), as
   Ray's own ingress app does; LLMServer hands the id to vLLM.
 
@@ -43,8 +49,8 @@ Ray Serve and Ray core:
 - `init_ray` (ray.init's _metrics_export_port): the port of Ray's metrics
   agent, where `shardserve run` serves /metrics.
 
-The four names that load vLLM (`to_model_metadata`, `OpenAIHTTPException`,
-`DEFAULT_ENDPOINTS`, `SetRequestIdMiddleware`) load on first use: the Serve
+The three names that load vLLM (`to_model_metadata`, `OpenAIHTTPException`,
+`SetRequestIdMiddleware`) load on first use: the Serve
 controller (the autoscaling policy), Serve's proxies (tracing) and
 `shardserve status` import this module and must not pay for vLLM.
 """
@@ -68,7 +74,6 @@ from ray.serve.deployment import Application
 if TYPE_CHECKING:
     from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException as OpenAIHTTPException
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata as to_model_metadata
-    from ray.llm._internal.serve.core.ingress.ingress import DEFAULT_ENDPOINTS as DEFAULT_ENDPOINTS
     from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware as SetRequestIdMiddleware
     from ray.serve.llm.deployment import LLMServer
 
@@ -82,7 +87,6 @@ T = TypeVar("T")
 LOADED_ON_FIRST_USE = {
     "OpenAIHTTPException": "ray.llm._internal.serve.core.configs.openai_api_models",
     "to_model_metadata": "ray.llm._internal.serve.core.configs.openai_api_models",
-    "DEFAULT_ENDPOINTS": "ray.llm._internal.serve.core.ingress.ingress",
     "SetRequestIdMiddleware": "ray.llm._internal.serve.core.ingress.middleware",
 }
 
@@ -112,6 +116,22 @@ class BatchingHooks(_HooksBase):
 
     def _batch_output_stream(self, generator: AsyncGenerator[T, None]) -> AsyncGenerator[list[T], None]:
         return self.batch_output_stream(generator)
+
+
+async def engine_tasks(server: LLMServer) -> tuple[str, ...]:
+    """The vLLM tasks of a started replica's model; ("generate",) from an
+    engine that cannot say, as Ray's own app builder assumes."""
+    client = getattr(server.engine, "_engine_client", None)
+    if client is None or not hasattr(client, "get_supported_tasks"):
+        return ("generate",)
+    return tuple(await client.get_supported_tasks())
+
+
+def adopt_tokenizer_service(server: LLMServer) -> None:
+    """After the engine started: its tokenizer service where Ray's engine reads it."""
+    engine, state = server.engine, getattr(server.engine, "_app_state", None)
+    if state is not None and getattr(engine, "_oai_serving_tokenization", None) is None:
+        engine._oai_serving_tokenization = getattr(state, "serving_tokenization", None)  # type: ignore[union-attr]
 
 
 def tracing_enabled() -> bool:

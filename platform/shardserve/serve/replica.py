@@ -28,9 +28,17 @@ from shardserve.api.tracing_env import ENV_TRACES_ENDPOINT
 from shardserve.builtin.tiny import ensure_builtin_model
 from shardserve.serve.autoscaling.engine_queue import read_queue
 from shardserve.serve.autoscaling.policy import RUNNING, WAITING
+from shardserve.serve.http.endpoints import served_paths
 from shardserve.serve.http.ingress import build_ingress_app
 from shardserve.serve.http.limits import RequestLimits
-from shardserve.serve.ray_private import Batcher, BatchingHooks, RawRequestInfo, to_model_metadata
+from shardserve.serve.ray_private import (
+    Batcher,
+    BatchingHooks,
+    RawRequestInfo,
+    adopt_tokenizer_service,
+    engine_tasks,
+    to_model_metadata,
+)
 from shardserve.serve.telemetry.cold_start import ColdStart
 from shardserve.serve.telemetry.spans import trace_replica_call
 from shardserve.serve.telemetry.tracing import tracing_enabled
@@ -81,8 +89,11 @@ class ShardserveServer(BatchingHooks, LLMServer):
         llm_config = await self.llm_config()
         assert llm_config is not None  # set in the constructor
         model_id = llm_config.model_id
-        return build_ingress_app(self, model_id, to_model_metadata(model_id, llm_config),
-                                 self._limits, self._require_api_key, self._identity.application)
+        tasks = await engine_tasks(self)
+        # /v1/models says what the model does and which routes serve it.
+        card = to_model_metadata(model_id, llm_config, {"tasks": list(tasks), "endpoints": served_paths(tasks)})
+        return build_ingress_app(self, model_id, card, self._limits, self._require_api_key,
+                                 self._identity.application, model_tasks=tasks)
 
     async def start(self) -> None:
         builtin_model: Optional[str] = getattr(self, "_builtin_model", None)
@@ -90,6 +101,7 @@ class ShardserveServer(BatchingHooks, LLMServer):
             path = await asyncio.to_thread(ensure_builtin_model, builtin_model)
             logger.info("builtin model %s ready at %s", builtin_model, path)
         await super().start()  # type: ignore[no-untyped-call]  # unannotated in Ray; a super() call escapes the exclusion
+        adopt_tokenizer_service(self)
 
     async def check_health(self) -> None:
         await super().check_health()
@@ -98,8 +110,8 @@ class ShardserveServer(BatchingHooks, LLMServer):
         if cold_start is not None:
             cold_start.ready()
 
-    # The routes parse bodies into ray.serve.llm's public request classes,
-    # subclasses of the internal ones LLMServer names.
+    # Typed with ray.serve.llm's public request classes: empty subclasses of
+    # the internal ones the routes parse bodies into (tests/test_ray_api.py).
     async def chat(  # type: ignore[override]
         self, request: ChatCompletionRequest, raw_request_info: Optional[RawRequestInfo] = None,
     ) -> AsyncGenerator[Any, None]:

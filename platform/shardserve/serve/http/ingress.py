@@ -10,9 +10,10 @@ lies between the HTTP server and the engine."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Optional, TypeVar, cast
 
 from fastapi import FastAPI, Request
@@ -20,7 +21,6 @@ from fastapi.exceptions import RequestValidationError
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.ingress import OpenAiIngress
-from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,9 +34,10 @@ from shardserve.serve.http.calls import (
     timeout_message,
     tracking_calls,
 )
+from shardserve.serve.http.endpoints import ENDPOINTS, unsupported_message
 from shardserve.serve.http.errors import clean_engine_message, describe_validation_errors, openai_error
 from shardserve.serve.http.limits import RequestLimits, find_invalid_unicode, find_limit_violation
-from shardserve.serve.ray_private import DEFAULT_ENDPOINTS, OpenAIHTTPException, SetRequestIdMiddleware
+from shardserve.serve.ray_private import OpenAIHTTPException, SetRequestIdMiddleware
 from shardserve.serve.telemetry.metrics import record_rejected
 from shardserve.serve.telemetry.spans import trace_ingress_call
 
@@ -45,6 +46,8 @@ Body = TypeVar("Body")
 HEALTH_TIMEOUT_S = 5.0
 RETRY_AFTER_S = 1
 JSON_TYPES = ("application/json",)
+FORM_TYPES = ("multipart/form-data",)
+FORM_PATH_PREFIX = "/v1/audio/"
 
 
 class ShardserveIngress(OpenAiIngress):
@@ -57,13 +60,17 @@ class ShardserveIngress(OpenAiIngress):
         super().__init__(llm_deployments={model_id: handle}, model_cards={model_id: model_card})
         self._server, self._model_id = server, model_id
 
-    # FastAPI, the routes' only caller, parses bodies into ray.serve.llm's public
-    # request classes: subclasses of the internal ones the base class names.
-    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:  # type: ignore[override]
-        return await trace_ingress_call("chat", body, _checked_call(super().chat, body, request))
+    def guarded(self, name: str) -> Callable[[Any, Request], Awaitable[Response]]:
+        """OpenAiIngress's POST route `name` behind the body checks and the
+        request timeout, inside a request span. FastAPI reads the body's type
+        from the wrapped method."""
+        route = getattr(super(), name)
 
-    async def completions(self, body: CompletionRequest, request: Request) -> Response:  # type: ignore[override]
-        return await trace_ingress_call("completions", body, _checked_call(super().completions, body, request))
+        @functools.wraps(route)
+        async def call(body: Any, request: Request) -> Response:
+            return await trace_ingress_call(name, body, _checked_call(route, body, request))
+
+        return call
 
     async def health(self) -> JSONResponse:
         """200 when the model replica answers its health check, else 503."""
@@ -73,6 +80,14 @@ class ShardserveIngress(OpenAiIngress):
             logger.warning("health check failed: %r", err)
             return JSONResponse(openai_error(503, "model replicas are not ready"), status_code=503)
         return JSONResponse({"status": "ok", "models": [self._model_id]})
+
+
+def _not_served(message: str) -> Callable[[], Awaitable[JSONResponse]]:
+    """A route the model cannot serve: 404 before its body is read."""
+    async def refuse() -> JSONResponse:
+        return _error_response(404, message, code="unsupported_endpoint")
+
+    return refuse
 
 
 async def _checked_call(endpoint: Callable[[Body, Request], Awaitable[Response]], body: Body, request: Request) -> Response:
@@ -136,11 +151,6 @@ async def _on_limit_error(_request: Request, exc: RequestLimitError) -> JSONResp
     return _error_response(400, exc.message, param=exc.param, code="limit_exceeded")
 
 
-ENDPOINTS: dict[str, Callable[[FastAPI], Any]] = {
-    **DEFAULT_ENDPOINTS,
-    "health": lambda app: app.get("/health"),
-}
-
 
 def _error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
                     headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
@@ -164,9 +174,10 @@ async def _on_openai_exception(_request: Request, exc: OpenAIHTTPException) -> J
     return _error_response(exc.status_code, message, param=param)
 
 
-def _is_v1_post(scope: Scope) -> bool:
-    """A POST to the OpenAI API (/v1/*): what admission and the body checks apply to."""
-    return bool(scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/v1/"))
+def _is_api_post(scope: Scope) -> bool:
+    """A POST: every POST route is an API call (/v1/*, /tokenize, /detokenize),
+    and admission and the body checks apply to all of them."""
+    return bool(scope["type"] == "http" and scope["method"] == "POST")
 
 
 class AdmissionLimit:
@@ -182,7 +193,7 @@ class AdmissionLimit:
         self.admitted = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _is_v1_post(scope):
+        if not _is_api_post(scope):
             await self.app(scope, receive, send)
             return
         if self.admitted >= self.max_admitted:
@@ -212,16 +223,19 @@ async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 class JsonBodyOnly:
-    """415 for POSTs to /v1/* whose body is not declared as JSON."""
+    """415 for POSTs whose body is not declared as JSON (a form, for the audio
+    routes: they carry a file)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _is_v1_post(scope):
+        if _is_api_post(scope):
             content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
-            if content_type.split(";")[0].strip().lower() not in JSON_TYPES:
-                response = _error_response(415, "Content-Type must be application/json", code="unsupported_media_type")
+            wanted = FORM_TYPES if scope["path"].startswith(FORM_PATH_PREFIX) else JSON_TYPES
+            if content_type.split(";")[0].strip().lower() not in wanted:
+                response = _error_response(415, f"Content-Type must be {' or '.join(wanted)}",
+                                           code="unsupported_media_type")
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)
@@ -250,7 +264,7 @@ class HeaderSizeLimit:
 
 
 class BodySizeLimit:
-    """413 for a POST to /v1/* whose body exceeds the limit (declared or streamed).
+    """413 for a POST whose body exceeds the limit (declared or streamed).
 
     Reads the body (it is read whole downstream anyway) and hands it on.
     """
@@ -260,7 +274,7 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _is_v1_post(scope):
+        if not _is_api_post(scope):
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
@@ -373,11 +387,19 @@ def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: b
 
 
 def build_ingress_app(server: LLMServer, model_id: str, model_card: Any, limits: Optional[RequestLimits] = None,
-                      require_api_key: bool = False, application: str = "") -> FastAPI:
+                      require_api_key: bool = False, application: str = "",
+                      model_tasks: Collection[str] = ("generate",)) -> FastAPI:
     """The replica's HTTP app: the ingress's routes, calling `server` (the
-    model replica itself) in this process."""
+    model replica itself) in this process; the routes `model_tasks` cannot
+    serve answer 404."""
     app = build_fastapi_app(limits, require_api_key, application)
     ingress = ShardserveIngress(server, model_id, model_card)
-    for name, route in ENDPOINTS.items():
-        route(app)(getattr(ingress, name))
+    app.get("/health")(ingress.health)
+    app.get("/v1/models")(ingress.models)
+    app.get("/v1/models/{model:path}")(ingress.model_data)
+    for endpoint in ENDPOINTS:
+        if endpoint.served_for(model_tasks):
+            app.post(endpoint.path)(ingress.guarded(endpoint.name))
+        else:
+            app.post(endpoint.path)(_not_served(unsupported_message(endpoint, model_id, model_tasks)))
     return app

@@ -31,7 +31,8 @@ from shardserve.serve.telemetry.tracing import get_tracer, tracing_enabled
 
 Req = TypeVar("Req")
 
-OPERATIONS = {"chat": "chat", "completions": "text_completion"}
+# gen_ai.operation.name of OpenTelemetry's GenAI conventions; other routes go by their own name.
+OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 REPLICA_ATTRIBUTE = "shardserve.replica"
 STREAM_ATTRIBUTE = "shardserve.request.stream"
 CANCELLED_ATTRIBUTE = "shardserve.request.cancelled"
