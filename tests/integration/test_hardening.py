@@ -34,6 +34,16 @@ def chat(**extra):
     return {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **extra}
 
 
+FUNCTION = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+def nested_schema(levels):
+    schema = {"type": "string"}
+    for _ in range(levels):
+        schema = {"type": "object", "properties": {"a": schema}}
+    return schema
+
+
 def completion(**extra):
     return {"model": "tiny", "prompt": "hello", "max_tokens": 4, **extra}
 
@@ -85,6 +95,13 @@ CASES = [
     ("messages wrong type", "POST", CHAT, None, chat(messages="hi"), 400, "invalid_request_error", "messages"),
     ("JSON nested 30000 deep", "POST", COMPLETIONS, None,
      b'{"model": "tiny", "prompt": ' + b"[" * 30000 + b"]" * 30000 + b"}", 400, "invalid_request_error", None),
+    ("a role no chat template knows", "POST", CHAT, None, chat(messages=[{"role": "wizard", "content": "hi"}]), 400,
+     "invalid_request_error", "messages[0].role"),
+    ("200 tools (maxTools 128)", "POST", CHAT, None, chat(tools=[FUNCTION] * 200), 400, "invalid_request_error",
+     "tools"),
+    ("a tool schema nested 40 deep", "POST", CHAT, None,
+     chat(tools=[{"type": "function", "function": {"name": "f", "parameters": nested_schema(20)}}]), 400,
+     "invalid_request_error", "tools[0].function.parameters"),
     ("tokenize without key", "POST", "/tokenize", {}, {"model": "tiny", "prompt": "hi"}, 401,
      "authentication_error", None),
     ("tokenize body over maxRequestBytes", "POST", "/tokenize", None, {"model": "tiny", "prompt": "x" * (MAX_BYTES + 1)},

@@ -8,9 +8,9 @@ Python. Unknown fields are rejected so a typo fails when the file is loaded.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional, get_args
+from typing import Annotated, Any, Literal, Optional, get_args
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel, to_snake
 
 from shardserve.api.kuberay import find_reserved_port
@@ -237,6 +237,18 @@ class ServingSpec(_Model):
     max_message_chars: int = Field(
         default=1_000_000, ge=1, le=100_000_000, description="Most characters of text in one chat message.",
     )
+    max_tools: int = Field(default=128, ge=0, le=10_000, description="Most tools in one chat request (OpenAI's cap is 128).")
+    max_schema_bytes: int = Field(
+        default=128 * 1024, ge=1024, le=64 * 1024**2,
+        description="Largest total size, as compact JSON, of what one request constrains its output with: each "
+        "tool's parameters, response_format and structured_outputs. The engine compiles each into a grammar "
+        "before it generates, so a larger one costs every request in the batch.",
+    )
+    max_schema_depth: int = Field(
+        default=32, ge=2, le=1000,
+        description="Deepest nesting of JSON objects and arrays in any one of those schemas; each level of "
+        "nested properties adds two.",
+    )
 
 
     @field_validator("port")
@@ -333,7 +345,17 @@ class ToolCallingSpec(_Model):
     )
 
 
+# The message roles OpenAI's chat API defines; vLLM passes any other to the
+# chat template, where most templates drop or misrender it.
+OPENAI_CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
 class ChatSpec(_Model):
+    extra_roles: list[Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(
+        default_factory=list, max_length=32,
+        description="Message roles accepted besides OpenAI's (system, developer, user, assistant, tool, function), "
+        "for a chat template that knows more (e.g. ipython). Other roles get HTTP 400.",
+    )
     template: Optional[ChatTemplateSpec] = Field(
         default=None, description="Replace the model's chat template (checked to compile when the spec loads).",
     )

@@ -43,7 +43,7 @@ def build_application(md: ModelDeployment, llm_config_dict: Optional[dict[str, A
     serving = md.spec.serving
     llm_config = LLMConfig(**(llm_config_dict or build_llm_config_for(md)))
     bind_kwargs: dict[str, Any] = {
-        "limits": RequestLimits.from_serving(serving),
+        "limits": RequestLimits.from_spec(serving, md.spec.chat),
         "require_api_key": bool(serving.api_key_secret),
     }
     if model.scheme == "builtin":

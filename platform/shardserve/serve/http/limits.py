@@ -1,7 +1,8 @@
 """Checks on a request body before it reaches a replica (pure).
 
 Limits (`find_limit_violation`) bound what one request may ask of the engine:
-n, best_of, max_tokens, sampling ranges, logprobs, stop strings, messages.
+n, best_of, max_tokens, sampling ranges, logprobs, stop strings, messages
+and their roles, tools, and the schemas and grammars that constrain output.
 
 The engine's tokenizer cannot take text that is not valid Unicode and fails
 with a server error deep inside the replica; refusing it here is a clear 400.
@@ -11,9 +12,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
+
+from shardserve.api.spec import OPENAI_CHAT_ROLES
 
 # JSON can smuggle half of a UTF-16 surrogate pair in as an escape; raw
 # UTF-8 bytes cannot carry one at all, so bodies without such an escape skip
@@ -52,6 +55,10 @@ class RequestLimits:
     max_stop_sequences: int = 4
     max_messages: int = 512
     max_message_chars: int = 1_000_000
+    max_tools: int = 128
+    max_schema_bytes: int = 128 * 1024
+    max_schema_depth: int = 32
+    chat_roles: tuple[str, ...] = OPENAI_CHAT_ROLES
     request_timeout_seconds: Optional[float] = None
     # One replica admits this many requests at once (engine slots plus its queue).
     max_ongoing_requests: int = 64
@@ -62,8 +69,11 @@ class RequestLimits:
         return self.max_ongoing_requests + self.max_queued_requests
 
     @classmethod
-    def from_serving(cls, serving: Any) -> RequestLimits:
-        return cls(**{f: getattr(serving, f) for f in cls.__dataclass_fields__})
+    def from_spec(cls, serving: Any, chat: Any = None) -> RequestLimits:
+        """From a ServingSpec, and the ChatSpec's extra roles if there is one."""
+        fields = {f: getattr(serving, f) for f in cls.__dataclass_fields__ if hasattr(serving, f)}
+        extra_roles = tuple(chat.extra_roles) if chat is not None else ()
+        return cls(**fields, chat_roles=OPENAI_CHAT_ROLES + extra_roles)
 
 
 @dataclass(frozen=True)
@@ -130,13 +140,80 @@ def find_limit_violation(body: Any, limits: RequestLimits) -> Optional[LimitViol
     for i, item in enumerate(stops):
         if isinstance(item, str) and len(item) > MAX_STOP_CHARS:
             return LimitViolation(f"stop[{i}] is longer than {MAX_STOP_CHARS} characters", f"stop[{i}]")
+    return _check_messages(body, limits) or _check_tools(body, limits) or _check_schemas(body, limits)
+
+
+def _check_messages(body: dict[str, Any], limits: RequestLimits) -> Optional[LimitViolation]:
     messages = body.get("messages")
-    if isinstance(messages, list):
-        if len(messages) > limits.max_messages:
-            return LimitViolation(f"messages may hold at most {limits.max_messages} messages, got {len(messages)}",
-                                  "messages")
-        for i, message in enumerate(messages):
-            if _message_chars(message) > limits.max_message_chars:
-                return LimitViolation(f"messages[{i}] is longer than {limits.max_message_chars} characters",
-                                      f"messages[{i}].content")
+    if not isinstance(messages, list):
+        return None
+    if len(messages) > limits.max_messages:
+        return LimitViolation(f"messages may hold at most {limits.max_messages} messages, got {len(messages)}",
+                              "messages")
+    for i, message in enumerate(messages):
+        role = message.get("role") if isinstance(message, dict) else None
+        if isinstance(role, str) and role not in limits.chat_roles:
+            return LimitViolation(f"messages[{i}].role must be one of {', '.join(limits.chat_roles)}, got {role!r}",
+                                  f"messages[{i}].role")
+        if _message_chars(message) > limits.max_message_chars:
+            return LimitViolation(f"messages[{i}] is longer than {limits.max_message_chars} characters",
+                                  f"messages[{i}].content")
+    return None
+
+
+def _check_tools(body: dict[str, Any], limits: RequestLimits) -> Optional[LimitViolation]:
+    tools = body.get("tools")
+    if isinstance(tools, list) and len(tools) > limits.max_tools:
+        return LimitViolation(f"tools may hold at most {limits.max_tools} tools, got {len(tools)}", "tools")
+    return None
+
+
+# structured_outputs' members that each become a grammar (vLLM's StructuredOutputsParams).
+_STRUCTURED_OUTPUT_KINDS = ("json", "regex", "choice", "grammar", "structural_tag")
+
+
+def _schemas(body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(field path, value) for each schema or grammar that constrains the output."""
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        for i, tool in enumerate(tools):
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if isinstance(function, dict) and function.get("parameters") is not None:
+                yield f"tools[{i}].function.parameters", function["parameters"]
+    if body.get("response_format") is not None:
+        yield "response_format", body["response_format"]
+    structured = body.get("structured_outputs")
+    if isinstance(structured, dict):
+        for kind in _STRUCTURED_OUTPUT_KINDS:
+            if structured.get(kind) is not None:
+                yield f"structured_outputs.{kind}", structured[kind]
+
+
+def json_depth(value: Any, give_up_past: int) -> int:
+    """Nesting depth of objects and arrays (a scalar is 0), counted without
+    recursion; stops counting past `give_up_past`."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, (dict, list)):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > give_up_past:
+                return deepest
+            stack.extend((child, depth) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
+
+
+def _check_schemas(body: dict[str, Any], limits: RequestLimits) -> Optional[LimitViolation]:
+    total = 0
+    for param, value in _schemas(body):
+        depth = json_depth(value, give_up_past=limits.max_schema_depth)
+        if depth > limits.max_schema_depth:
+            return LimitViolation(f"{param} is nested deeper than {limits.max_schema_depth} levels", param)
+        total += len(value.encode("utf-8") if isinstance(value, str)
+                     else json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "replace"))
+        if total > limits.max_schema_bytes:
+            return LimitViolation(
+                f"{param}: the request's schemas and grammars (tools' parameters, response_format, "
+                f"structured_outputs) add up to more than {limits.max_schema_bytes} bytes", param)
     return None
