@@ -93,3 +93,27 @@ def test_depth_counts_objects_and_arrays_without_recursing():
         very_deep = [very_deep]
     assert json_depth(very_deep, give_up_past=10) == 11
 
+
+def test_token_ids_to_detokenize_stay_in_the_models_vocabulary():
+    limits = RequestLimits(vocab_size=100)
+    assert find_limit_violation({"tokens": [0, 99]}, limits) is None
+    assert find_limit_violation({"tokens": [1, 2**40]}, limits).param == "tokens[1]"
+    assert find_limit_violation({"tokens": [-1]}, limits).param == "tokens[0]"
+    assert find_limit_violation({"tokens": [2**40]}, RequestLimits()) is None  # vocabulary not known yet
+    assert find_limit_violation({"tokens": ["a", None]}, limits) is None  # the schema's job
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"seed": 2**64}, "seed"),
+    ({"max_tokens": 10**400}, "max_tokens"),
+    ({"logit_bias": {"5": -(2**63) - 1}}, "logit_bias.5"),
+    ({"prompt": [[1, 2], [3, 2**70]]}, "prompt[1][1]"),
+])
+def test_integers_past_64_bits_are_refused_where_they_are(body, param):
+    assert find_limit_violation(body, RequestLimits()).param == param
+
+
+@pytest.mark.parametrize("content", [5, True, {"type": "text"}, [1, 2], ["text"]])
+def test_message_content_is_a_string_null_or_parts(content):
+    body = {"messages": [{"role": "user", "content": content}]}
+    assert find_limit_violation(body, RequestLimits()).param == "messages[0].content"

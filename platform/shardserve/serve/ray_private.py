@@ -23,9 +23,10 @@ Ray Serve LLM (ray.llm._internal):
   builder builds it.
 - `OpenAIHTTPException`: what LLMServer and OpenAiIngress raise for a
   failed request; the ingress answers it in OpenAI's error shape.
-- `engine_tasks`: what the replica's model can do (generate, embed, ...),
-  from vLLM's engine client, which LLMServer's engine keeps in a private
-  attribute; the ingress serves the routes those tasks need (endpoints.py).
+- `engine_tasks`, `engine_vocab_size`: what the replica's model can do
+  (generate, embed, ...) and how many token ids it has, from vLLM's engine
+  client, which LLMServer's engine keeps in a private attribute; the ingress
+  serves the routes those tasks need (endpoints.py) and bounds token ids.
 - `adopt_tokenizer_service`: Ray 2.60's vLLM engine looks for vLLM's
   tokenizer service under an older name (`openai_serving_tokenization`);
   vLLM 0.29 sets `serving_tokenization`, so /tokenize and /detokenize would
@@ -125,6 +126,12 @@ async def engine_tasks(server: LLMServer) -> tuple[str, ...]:
     if client is None or not hasattr(client, "get_supported_tasks"):
         return ("generate",)
     return tuple(await client.get_supported_tasks())
+
+
+def engine_vocab_size(server: LLMServer) -> Optional[int]:
+    """The number of token ids of a started replica's model, when its engine says."""
+    model_config = getattr(getattr(server.engine, "_engine_client", None), "model_config", None)
+    return int(model_config.get_vocab_size()) if model_config is not None else None
 
 
 def adopt_tokenizer_service(server: LLMServer) -> None:

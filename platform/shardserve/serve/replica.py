@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 from collections.abc import AsyncGenerator
@@ -37,6 +38,7 @@ from shardserve.serve.ray_private import (
     RawRequestInfo,
     adopt_tokenizer_service,
     engine_tasks,
+    engine_vocab_size,
     to_model_metadata,
 )
 from shardserve.serve.telemetry.cold_start import ColdStart
@@ -92,7 +94,8 @@ class ShardserveServer(BatchingHooks, LLMServer):
         tasks = await engine_tasks(self)
         # /v1/models says what the model does and which routes serve it.
         card = to_model_metadata(model_id, llm_config, {"tasks": list(tasks), "endpoints": served_paths(tasks)})
-        return build_ingress_app(self, model_id, card, self._limits, self._require_api_key,
+        limits = dataclasses.replace(self._limits or RequestLimits(), vocab_size=engine_vocab_size(self))
+        return build_ingress_app(self, model_id, card, limits, self._require_api_key,
                                  self._identity.application, model_tasks=tasks)
 
     async def start(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
@@ -18,6 +19,7 @@ from typing import Any, Optional, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel
 from ray.serve.handle import DeploymentHandle
 from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.ingress import OpenAiIngress
@@ -26,6 +28,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shardserve.serve.http.api_keys import KeyStore, bearer_token, key_matches, keys_configured
+from shardserve.serve.http.body import BodyRejected, checked_body
 from shardserve.serve.http.calls import (
     InProcessHandle,
     cancel_calls,
@@ -62,14 +65,17 @@ class ShardserveIngress(OpenAiIngress):
 
     def guarded(self, name: str) -> Callable[[Any, Request], Awaitable[Response]]:
         """OpenAiIngress's POST route `name` behind the body checks and the
-        request timeout, inside a request span. FastAPI reads the body's type
-        from the wrapped method."""
+        request timeout, inside a request span. FastAPI parses the body into
+        the type the route names, through `checked_body`."""
         route = getattr(super(), name)
 
         @functools.wraps(route)
         async def call(body: Any, request: Request) -> Response:
             return await trace_ingress_call(name, body, _checked_call(route, body, request))
 
+        signature = inspect.signature(route)
+        call.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[_with_checked_body(p) for p in signature.parameters.values()])
         return call
 
     async def health(self) -> JSONResponse:
@@ -80,6 +86,13 @@ class ShardserveIngress(OpenAiIngress):
             logger.warning("health check failed: %r", err)
             return JSONResponse(openai_error(503, "model replicas are not ready"), status_code=503)
         return JSONResponse({"status": "ok", "models": [self._model_id]})
+
+
+def _with_checked_body(parameter: inspect.Parameter) -> inspect.Parameter:
+    annotation = parameter.annotation
+    if parameter.name == "body" and isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return parameter.replace(annotation=checked_body(annotation))
+    return parameter  # a union or a form: FastAPI's own parsing
 
 
 def _not_served(message: str) -> Callable[[], Awaitable[JSONResponse]]:
@@ -150,6 +163,9 @@ class RequestLimitError(Exception):
 async def _on_limit_error(_request: Request, exc: RequestLimitError) -> JSONResponse:
     return _error_response(400, exc.message, param=exc.param, code="limit_exceeded")
 
+
+async def _on_body_rejected(_request: Request, exc: BodyRejected) -> JSONResponse:
+    return _error_response(exc.status_code, exc.message, param=exc.param)
 
 
 def _error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
@@ -375,6 +391,7 @@ def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: b
     _add_exception_handler(app, StarletteHTTPException, _on_http_exception)
     _add_exception_handler(app, OpenAIHTTPException, _on_openai_exception)
     _add_exception_handler(app, RequestLimitError, _on_limit_error)
+    _add_exception_handler(app, BodyRejected, _on_body_rejected)
     _add_exception_handler(app, Exception, _on_unexpected)
     # Outermost last: request id, header size, API key, admission, body size, content type.
     app.add_middleware(JsonBodyOnly)

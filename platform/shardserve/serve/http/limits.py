@@ -11,6 +11,7 @@ with a server error deep inside the replica; refusing it here is a clear 400.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class RequestLimits:
     max_schema_bytes: int = 128 * 1024
     max_schema_depth: int = 32
     chat_roles: tuple[str, ...] = OPENAI_CHAT_ROLES
+    vocab_size: Optional[int] = None  # the model's, once its engine runs
     request_timeout_seconds: Optional[float] = None
     # One replica admits this many requests at once (engine slots plus its queue).
     max_ongoing_requests: int = 64
@@ -86,7 +88,10 @@ def _number(value: Any) -> Optional[float]:
     # Wrong types are the schema's to report; bool is not a number here.
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int past any float
+        return math.inf if value > 0 else -math.inf
 
 
 def _message_chars(message: Any) -> int:
@@ -140,7 +145,26 @@ def find_limit_violation(body: Any, limits: RequestLimits) -> Optional[LimitViol
     for i, item in enumerate(stops):
         if isinstance(item, str) and len(item) > MAX_STOP_CHARS:
             return LimitViolation(f"stop[{i}] is longer than {MAX_STOP_CHARS} characters", f"stop[{i}]")
-    return _check_messages(body, limits) or _check_tools(body, limits) or _check_schemas(body, limits)
+    return (_check_messages(body, limits) or _check_tools(body, limits) or _check_schemas(body, limits)
+            or _check_token_ids(body, limits) or _check_integers(body))
+
+
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def _check_integers(body: dict[str, Any]) -> Optional[LimitViolation]:
+    """The first integer anywhere in the body past 64 bits: pydantic takes any
+    size, and the engine's message encoder fails on it with a server error."""
+    stack: list[tuple[str, Any]] = [(key, value) for key, value in reversed(body.items())]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+            return LimitViolation(f"{path} is out of range: integers must fit in 64 bits", path)
+        if isinstance(value, dict):
+            stack.extend((f"{path}.{key}", child) for key, child in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", child) for i, child in reversed(list(enumerate(value))))
+    return None
 
 
 def _check_messages(body: dict[str, Any], limits: RequestLimits) -> Optional[LimitViolation]:
@@ -155,9 +179,28 @@ def _check_messages(body: dict[str, Any], limits: RequestLimits) -> Optional[Lim
         if isinstance(role, str) and role not in limits.chat_roles:
             return LimitViolation(f"messages[{i}].role must be one of {', '.join(limits.chat_roles)}, got {role!r}",
                                   f"messages[{i}].role")
+        content = message.get("content") if isinstance(message, dict) else None
+        # The schema also admits any iterable, which Ray Serve LLM lists later and fails on with a server error.
+        if content is not None and not isinstance(content, str) and not (
+                isinstance(content, list) and all(isinstance(part, dict) for part in content)):
+            return LimitViolation(f"messages[{i}].content must be a string, null or a list of content parts",
+                                  f"messages[{i}].content")
         if _message_chars(message) > limits.max_message_chars:
             return LimitViolation(f"messages[{i}] is longer than {limits.max_message_chars} characters",
                                   f"messages[{i}].content")
+    return None
+
+
+def _check_token_ids(body: dict[str, Any], limits: RequestLimits) -> Optional[LimitViolation]:
+    """/detokenize's token ids: vLLM hands them to the tokenizer unchecked,
+    which fails on one past 2**32 with a server error."""
+    tokens = body.get("tokens")
+    if limits.vocab_size is None or not isinstance(tokens, list):
+        return None
+    for i, token in enumerate(tokens):
+        if _number(token) is not None and not 0 <= token < limits.vocab_size:
+            return LimitViolation(f"tokens[{i}] is {token}; this model's token ids run from 0 to "
+                                  f"{limits.vocab_size - 1}", f"tokens[{i}]")
     return None
 
 
