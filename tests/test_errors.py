@@ -71,3 +71,18 @@ def test_a_union_member_over_its_bound_is_reported_over_the_type_mismatch():
     ]
     message, param = describe_validation_errors(errors)
     assert param == "stop" and "at most 4 items" in message
+
+
+@pytest.mark.parametrize("body, param", [
+    (b'{"messages": [{"role": "user", "content": "a\\ud800"}]}', "messages[0].content"),
+    (b'{"logit_bias": {"\\udc00": 1}}', "logit_bias.\udc00"),
+    (b'"\\ud800"', None),
+])
+def test_a_lone_surrogate_is_reported_where_it_is(body, param):
+    assert find_invalid_unicode(body).param == param
+
+
+def test_the_grammar_compilers_time_and_source_location_are_dropped():
+    raw = ("Failed to transform json schema into a grammar: [06:28:19] /project/cpp/json_schema_converter.cc:5082: "
+           "Unsupported type \"strnig\"")
+    assert clean_engine_message(raw) == ('Failed to transform json schema into a grammar: Unsupported type "strnig"', None)

@@ -117,3 +117,22 @@ def test_integers_past_64_bits_are_refused_where_they_are(body, param):
 def test_message_content_is_a_string_null_or_parts(content):
     body = {"messages": [{"role": "user", "content": content}]}
     assert find_limit_violation(body, RequestLimits()).param == "messages[0].content"
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"tools": [tool("a", {"type": 5})]}, "tools[0].function.parameters.type"),
+    ({"tools": [tool("a", {"properties": {"city": {"type": "strnig"}}})]}, "tools[0].function.parameters.properties.city.type"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"required": "city"}}}},
+     "response_format.json_schema.schema.required"),
+    ({"structured_outputs": {"json": {"minLength": -1}}}, "structured_outputs.json.minLength"),
+])
+def test_a_schema_that_breaks_json_schemas_rules_is_refused_where_it_breaks_them(body, param):
+    found = find_limit_violation(body, RequestLimits())
+    assert (found.param, found.code) == (param, "invalid_schema")
+    assert "not valid JSON Schema" in found.message
+
+
+def test_valid_schemas_and_an_empty_conversation():
+    weather = {"type": "object", "properties": {"city": {"type": "string", "pattern": "^[a-z]+$"}}, "required": ["city"]}
+    assert find_limit_violation({"tools": [tool("a", weather)], "structured_outputs": {"json": True}}, RequestLimits()) is None
+    assert find_limit_violation({"messages": []}, RequestLimits()).param == "messages"

@@ -33,6 +33,9 @@ INTERNAL_MESSAGE = "The server had an error while processing your request."
 # "Message: <user text>, Internal exception: <...>, original exception: <...>".
 _WRAPPED = re.compile(r"^Message: (?P<msg>.*?), Internal exception: ", re.S)
 _REQUEST_ID = re.compile(r"\s*\(Request ID: [^)]*\)")
+# xgrammar's errors carry the time and its own source location:
+# "[06:28:19] /project/cpp/json_schema_converter.cc:5082: Type should be a string".
+_GRAMMAR_LOCATION = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 # vLLM's validation errors end with "(parameter=NAME, value=...)".
 _PARAMETER = re.compile(r"\s*\(parameter=(?P<param>[A-Za-z_.\[\]0-9]+)(, value=.*)?\)\s*$", re.S)
 
@@ -58,7 +61,7 @@ def clean_engine_message(raw: str) -> tuple[str, Optional[str]]:
     """User-facing text and parameter name from a wrapped engine error."""
     match = _WRAPPED.match(raw)
     message = match.group("msg") if match else raw
-    message = _REQUEST_ID.sub("", message).strip()
+    message = _GRAMMAR_LOCATION.sub("", _REQUEST_ID.sub("", message)).strip()
     param = None
     found = _PARAMETER.search(message)
     if found:

@@ -140,7 +140,7 @@ async def _check_body(request: Request) -> None:
     raw = await request.body()
     problem = find_invalid_unicode(raw)
     if problem:
-        raise StarletteHTTPException(400, problem)
+        raise BodyRejected(problem.message, problem.param)
     limits = getattr(request.app.state, "limits", None)
     if limits is not None:
         try:
@@ -149,19 +149,19 @@ async def _check_body(request: Request) -> None:
             return  # the schema already accepted it; nothing more to bound
         found = find_limit_violation(body, limits)
         if found:
-            raise RequestLimitError(found.message, found.param)
+            raise RequestLimitError(found.message, found.param, found.code)
 
 
 class RequestLimitError(Exception):
     status_code = 400  # what the client gets; request spans record it
 
-    def __init__(self, message: str, param: str):
+    def __init__(self, message: str, param: Optional[str], code: Optional[str]):
         super().__init__(message)
-        self.message, self.param = message, param
+        self.message, self.param, self.code = message, param, code
 
 
 async def _on_limit_error(_request: Request, exc: RequestLimitError) -> JSONResponse:
-    return _error_response(400, exc.message, param=exc.param, code="limit_exceeded")
+    return _error_response(400, exc.message, param=exc.param, code=exc.code)
 
 
 async def _on_body_rejected(_request: Request, exc: BodyRejected) -> JSONResponse:
@@ -178,9 +178,15 @@ async def _on_validation_error(_request: Request, exc: RequestValidationError) -
     return _error_response(400, message, param=param)
 
 
+# FastAPI's words for a body its JSON parser gave up on, which say neither why nor where.
+FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+PARSE_ERROR = "request body could not be parsed: it is not JSON, or nests arrays and objects too deeply"
+
+
 async def _on_http_exception(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = "model_not_found" if exc.status_code == 404 and "model" in str(exc.detail) else None
-    return _error_response(exc.status_code, str(exc.detail), code=code, headers=getattr(exc, "headers", None))
+    message = PARSE_ERROR if exc.detail == FASTAPI_PARSE_ERROR else str(exc.detail)
+    return _error_response(exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
 
 
 async def _on_openai_exception(_request: Request, exc: OpenAIHTTPException) -> JSONResponse:

@@ -17,6 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from jsonschema import Draft202012Validator, SchemaError
+from jsonschema.validators import validator_for
+
 from shardserve.api.spec import OPENAI_CHAT_ROLES
 
 # JSON can smuggle half of a UTF-16 surrogate pair in as an escape; raw
@@ -25,18 +28,46 @@ from shardserve.api.spec import OPENAI_CHAT_ROLES
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 
-def find_invalid_unicode(raw_body: bytes) -> Optional[str]:
-    """A message when some string in the JSON body is not valid Unicode."""
+def find_invalid_unicode(raw_body: bytes) -> Optional[LimitViolation]:
+    """The first string (or key) in the JSON body that is not valid Unicode."""
     if not _SURROGATE_ESCAPE.search(raw_body):
         return None
     try:
         decoded = json.loads(raw_body)
-        json.dumps(decoded, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return "request contains a lone UTF-16 surrogate (\\ud800-\\udfff escape); text must be valid Unicode"
-    except ValueError:
+    except (ValueError, RecursionError):
         return None  # not JSON: the body parser reports that
+    for path, value in walk_json(decoded):
+        texts = [(path, value)] if isinstance(value, str) else (
+            [(_join(path, key), key) for key in value] if isinstance(value, dict) else [])
+        for where, text in texts:
+            if not _is_unicode(text):
+                return LimitViolation(f"{where or 'body'} contains a lone UTF-16 surrogate (\\ud800-\\udfff escape); "
+                                      "text must be valid Unicode", where or None, code=None)
     return None
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else str(key)
+
+
+def walk_json(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """(field path, value) for `value` and everything inside it, depth first, without recursion."""
+    stack = [(path, value)]
+    while stack:
+        path, value = stack.pop()
+        yield path, value
+        if isinstance(value, dict):
+            stack.extend((_join(path, key), child) for key, child in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((_join(path, i), child) for i, child in reversed(list(enumerate(value))))
 
 
 # ---------------------------------------------------------------- limits
@@ -81,7 +112,8 @@ class RequestLimits:
 @dataclass(frozen=True)
 class LimitViolation:
     message: str
-    param: str
+    param: Optional[str]
+    code: Optional[str] = "limit_exceeded"  # None: a malformed value, not a limit
 
 
 def _number(value: Any) -> Optional[float]:
@@ -155,22 +187,17 @@ INT64 = (-(2**63), 2**63 - 1)
 def _check_integers(body: dict[str, Any]) -> Optional[LimitViolation]:
     """The first integer anywhere in the body past 64 bits: pydantic takes any
     size, and the engine's message encoder fails on it with a server error."""
-    stack: list[tuple[str, Any]] = [(key, value) for key, value in reversed(body.items())]
-    while stack:
-        path, value = stack.pop()
+    for path, value in walk_json(body):
         if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
-            return LimitViolation(f"{path} is out of range: integers must fit in 64 bits", path)
-        if isinstance(value, dict):
-            stack.extend((f"{path}.{key}", child) for key, child in reversed(value.items()))
-        elif isinstance(value, list):
-            stack.extend((f"{path}[{i}]", child) for i, child in reversed(list(enumerate(value))))
+            return LimitViolation(f"{path} is out of range: integers must fit in 64 bits", path, code=None)
     return None
-
 
 def _check_messages(body: dict[str, Any], limits: RequestLimits) -> Optional[LimitViolation]:
     messages = body.get("messages")
     if not isinstance(messages, list):
         return None
+    if not messages:
+        return LimitViolation("messages must hold at least one message", "messages", code=None)
     if len(messages) > limits.max_messages:
         return LimitViolation(f"messages may hold at most {limits.max_messages} messages, got {len(messages)}",
                               "messages")
@@ -178,13 +205,13 @@ def _check_messages(body: dict[str, Any], limits: RequestLimits) -> Optional[Lim
         role = message.get("role") if isinstance(message, dict) else None
         if isinstance(role, str) and role not in limits.chat_roles:
             return LimitViolation(f"messages[{i}].role must be one of {', '.join(limits.chat_roles)}, got {role!r}",
-                                  f"messages[{i}].role")
+                                  f"messages[{i}].role", code=None)
         content = message.get("content") if isinstance(message, dict) else None
         # The schema also admits any iterable, which Ray Serve LLM lists later and fails on with a server error.
         if content is not None and not isinstance(content, str) and not (
                 isinstance(content, list) and all(isinstance(part, dict) for part in content)):
             return LimitViolation(f"messages[{i}].content must be a string, null or a list of content parts",
-                                  f"messages[{i}].content")
+                                  f"messages[{i}].content", code=None)
         if _message_chars(message) > limits.max_message_chars:
             return LimitViolation(f"messages[{i}] is longer than {limits.max_message_chars} characters",
                                   f"messages[{i}].content")
@@ -200,7 +227,7 @@ def _check_token_ids(body: dict[str, Any], limits: RequestLimits) -> Optional[Li
     for i, token in enumerate(tokens):
         if _number(token) is not None and not 0 <= token < limits.vocab_size:
             return LimitViolation(f"tokens[{i}] is {token}; this model's token ids run from 0 to "
-                                  f"{limits.vocab_size - 1}", f"tokens[{i}]")
+                                  f"{limits.vocab_size - 1}", f"tokens[{i}]", code=None)
     return None
 
 
@@ -232,6 +259,32 @@ def _schemas(body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
                 yield f"structured_outputs.{kind}", structured[kind]
 
 
+def _json_schemas(body: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """(field path, schema) for each JSON Schema the output must match."""
+    for param, value in _schemas(body):
+        if param.startswith("tools[") or param == "structured_outputs.json":
+            yield param, value
+        elif param == "response_format" and isinstance(value, dict) and isinstance(value.get("json_schema"), dict):
+            if "schema" in value["json_schema"]:
+                yield "response_format.json_schema.schema", value["json_schema"]["schema"]
+
+
+def find_schema_error(param: str, schema: Any) -> Optional[LimitViolation]:
+    """Where `schema` breaks JSON Schema's own rules (its metaschema, the draft
+    it names or 2020-12): the engine's grammar compiler reports these without
+    saying where."""
+    if not isinstance(schema, dict):
+        return None  # true and false are schemas; anything else is the request model's to refuse
+    try:
+        validator_for(schema, default=Draft202012Validator).check_schema(schema)
+    except SchemaError as err:
+        where = param
+        for key in err.absolute_path:
+            where = _join(where, key)
+        return LimitViolation(f"{where} is not valid JSON Schema: {err.message}", where, code="invalid_schema")
+    return None
+
+
 def json_depth(value: Any, give_up_past: int) -> int:
     """Nesting depth of objects and arrays (a scalar is 0), counted without
     recursion; stops counting past `give_up_past`."""
@@ -259,4 +312,8 @@ def _check_schemas(body: dict[str, Any], limits: RequestLimits) -> Optional[Limi
             return LimitViolation(
                 f"{param}: the request's schemas and grammars (tools' parameters, response_format, "
                 f"structured_outputs) add up to more than {limits.max_schema_bytes} bytes", param)
+    for param, schema in _json_schemas(body):
+        found = find_schema_error(param, schema)
+        if found:
+            return found
     return None
