@@ -184,6 +184,33 @@ def small_queue(stacks: Stacks, small_queue_kind: StackKind, otlp_receiver: Otlp
                       f"http://127.0.0.1:{metrics_port}/metrics")
 
 
+TOOL_CALLING = "tools"
+# A template that lists the tools by name: the override shows in the prompt tokens.
+TOOLS_TEMPLATE = (
+    "{{ bos_token }}{% if tools %}<|tools|>\n{% for t in tools %}{{ t['function']['name'] }}: "
+    "{{ t['function']['description'] }}\n{% endfor %}{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] or '' }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _tools_spec(tmp: Path) -> Path:
+    (tmp / "chat.jinja").write_text(TOOLS_TEMPLATE)
+    # xlam: a JSON tool format vLLM constrains with a JSON schema. For parsers
+    # it constrains with structural tags (hermes, llama3_json, ...), vLLM
+    # 0.29 builds the grammar without the compact-JSON switch, and a random
+    # model fills it with whitespace (docs/serving.md).
+    return write_spec(tmp, "tools", chat={"template": {"file": "chat.jinja"}, "toolCalling": {"parser": "xlam"}},
+                      engine={"maxModelLen": 1024, "dtype": "float32", "kvCacheMemory": "256Mi"},
+                      serving={"maxTokens": 128})
+
+
+@pytest.fixture(scope="module")
+def tools_stack(stacks: Stacks) -> LocalStack:
+    """Tool calling (parser xlam) and a chat template of its own: test_tools and test_fuzz."""
+    return stacks.get(TOOL_CALLING, StackKind(spec=_tools_spec))
+
+
 # ------------------------------------------------------------------ the single worker's tokens
 
 # The parallel layouts must return the single worker's greedy tokens: the

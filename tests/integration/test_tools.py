@@ -6,7 +6,6 @@ JSON that validate against their schemas."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jsonschema
 import openai
@@ -14,18 +13,12 @@ import pytest
 from transformers import AutoTokenizer
 
 from shardserve.builtin.tiny import ensure_builtin_model
-from tests.integration.conftest import StackKind, Stacks, write_spec
+from tests.integration.conftest import TOOL_CALLING, TOOLS_TEMPLATE
 from tests.integration.stack import LocalStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.stacks("tools")]
+pytestmark = [pytest.mark.integration, pytest.mark.stacks(TOOL_CALLING)]
 
-# A template that lists the tools by name: the override shows in the prompt tokens.
-TEMPLATE = (
-    "{{ bos_token }}{% if tools %}<|tools|>\n{% for t in tools %}{{ t['function']['name'] }}: "
-    "{{ t['function']['description'] }}\n{% endfor %}{% endif %}"
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] or '' }}{{ eos_token }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-)
+
 # A pattern, not maxLength, bounds the city: xgrammar 0.2.9 compiles a
 # length-bounded string to a character class that admits raw control
 # characters, and the arguments then do not parse as JSON (docs/serving.md).
@@ -46,19 +39,9 @@ MESSAGES = [{"role": "user", "content": "What is the weather in Paris?"}]
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
-def _tools_spec(tmp: Path) -> Path:
-    (tmp / "chat.jinja").write_text(TEMPLATE)
-    # xlam: a JSON tool format vLLM constrains with a JSON schema. For parsers
-    # it constrains with structural tags (hermes, llama3_json, ...), vLLM
-    # 0.29 builds the grammar without the compact-JSON switch, and a random
-    # model fills it with whitespace (docs/serving.md).
-    return write_spec(tmp, "tools", chat={"template": {"file": "chat.jinja"}, "toolCalling": {"parser": "xlam"}},
-                      engine={"maxModelLen": 1024, "dtype": "float32", "kvCacheMemory": "256Mi"})
-
-
 @pytest.fixture(scope="module")
-def stack(stacks: Stacks) -> LocalStack:
-    return stacks.get("tools", StackKind(spec=_tools_spec))
+def stack(tools_stack: LocalStack) -> LocalStack:
+    return tools_stack
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +131,7 @@ def test_the_template_override_is_what_the_engine_sees(client):
                                            extra_body={"return_token_ids": True})
     prompt_ids = reply.model_extra["prompt_token_ids"]
     tokenizer = AutoTokenizer.from_pretrained(ensure_builtin_model())
-    expected = tokenizer.apply_chat_template(MESSAGES, tools=TOOLS, chat_template=TEMPLATE,
+    expected = tokenizer.apply_chat_template(MESSAGES, tools=TOOLS, chat_template=TOOLS_TEMPLATE,
                                              add_generation_prompt=True, tokenize=False)
     assert "get_weather: Weather for a city" in expected
     assert prompt_ids == tokenizer(expected, add_special_tokens=False)["input_ids"]
