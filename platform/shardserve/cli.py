@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn, Optional
 
 from shardserve.api.crd import render_crd_yaml
 from shardserve.api.engine_args import CATALOG_PATH
@@ -40,7 +41,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     md = _load_or_exit(args.file)
     options = LocalOptions(host=args.host, port=args.port, num_cpus=args.num_cpus, verbose=args.verbose,
                            metrics_port=args.metrics_port)
-    return run_local(md, options)
+    return _exit_without_teardown(run_local(md, options))
+
+
+def _exit_without_teardown(status: int) -> NoReturn:
+    """Ends the process once `shardserve run` has stopped everything it started.
+
+    Tearing the interpreter down after a run takes about 5 s, nearly all of
+    it in the C destructors of what Ray, vLLM and torch loaded (measured:
+    exit handlers 0.0 s, garbage collection 1 s, then nothing in Python).
+    The exit handlers still run and the streams are flushed; only that
+    teardown is skipped.
+    """
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _cmd_status(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ The only module that starts and stops a local Ray cluster.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional, TextIO
 
+import psutil
 import ray
 
 from shardserve.api.contract import KEYS_ENV, KEYS_FILE_ENV, RAY_SERVE_ENV
@@ -217,15 +219,31 @@ def _read_metrics_port() -> int:
     return 0
 
 
+def _end_leftovers(processes: list[psutil.Process], grace_s: float = 1.0) -> None:
+    """Ends what outlived Ray's shutdown, so that nothing of the run is left:
+    an idle Ray worker notices that its raylet is gone about 2.5 s later."""
+    alive = [p for p in processes if p.is_running()]
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(alive, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
 def _shutdown(out: TextIO) -> None:
     from ray import serve
 
     if not ray.is_initialized():
         return
     started = time.monotonic()
+    started_here = psutil.Process().children(recursive=True)
     try:
         serve.shutdown()
         serve_s = time.monotonic() - started
     finally:
-        ray.shutdown()
+        # Returns once Ray's own processes (GCS, raylet, dashboard, ...) have exited.
+        ray.shutdown(wait_for_processes=True)
+        _end_leftovers(started_here)
     print(f"shardserve: stopped (serve {serve_s:.1f}s, total {time.monotonic() - started:.1f}s)", file=out, flush=True)
