@@ -57,10 +57,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import yaml
-
 from shardserve.api.kuberay import HASH_IGNORED_WORKER_FIELDS, strip_hash_ignored
 from shardserve.api.spec import ModelDeployment
+from shardserve.api.yaml_loading import safe_load
 from shardserve_operator import naming
 from shardserve_operator.render import is_paused, render_children
 from shardserve_operator.render.options import RenderOptions
@@ -210,7 +209,7 @@ def _compare_serve(old_text: str, new_text: str, new_cluster: bool) -> Iterator[
     from ray.serve._private.deploy_utils import get_app_code_version
     from ray.serve.schema import ServeDeploySchema
 
-    old_doc, new_doc = yaml.safe_load(old_text), yaml.safe_load(new_text)
+    old_doc, new_doc = safe_load(old_text), safe_load(new_text)
     if old_doc == new_doc:
         return
     old_config = ServeDeploySchema.model_validate(old_doc)

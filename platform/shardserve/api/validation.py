@@ -19,6 +19,7 @@ from shardserve.api.chat_template import check_chat_template
 from shardserve.api.engine_args import check_engine_args, check_parser_name
 from shardserve.api.placement import PlacementError, check_model_shape, placement_for
 from shardserve.api.spec import ModelDeployment
+from shardserve.api.yaml_loading import safe_load_all
 
 _PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
 
@@ -179,7 +180,7 @@ def load_file(path: str | Path) -> ModelDeployment:
     except OSError as err:
         raise SpecError([f"cannot read file: {err.strerror}"], str(path)) from None
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in safe_load_all(text) if d is not None]
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
