@@ -15,10 +15,10 @@ import yaml
 from shardserve.api.validation import load_file
 from shardserve_operator.render import RenderOptions, render_children
 from tests.cluster.admission import schema_errors
+from tests.kuberay_crd import rayservice_v1_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
-KUBERAY_CRD = ROOT.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml"
 K8S_VERSION = kubernetes_validate.latest_version()
 OWNER_UID = "00000000-0000-4000-8000-00000000e2e0"
 
@@ -44,11 +44,7 @@ def test_example_renders_valid_kubernetes_objects(path):
 
 @pytest.fixture(scope="module")
 def rayservice_schema():
-    if not KUBERAY_CRD.is_file():
-        pytest.skip(f"KubeRay's RayService CRD is not at {KUBERAY_CRD}; cannot check rendered RayServices against it")
-    crd = yaml.load(KUBERAY_CRD.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return v1["schema"]["openAPIV3Schema"]
+    return rayservice_v1_schema("cannot check rendered RayServices against it")
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)

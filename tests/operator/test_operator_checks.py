@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from shardserve.api.kuberay import (
     MIN_KUBERAY_VERSION_TEXT,
@@ -37,9 +36,9 @@ from shardserve_operator.main import build_kopf_settings
 from shardserve_operator.observe import is_cluster_of
 from shardserve_operator.render import render_children
 from shardserve_operator.settings import OperatorSettings
+from tests.kuberay_crd import load_rayservice_crd
 
 ROOT = Path(__file__).resolve().parents[2]
-KUBERAY_CRD = ROOT.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml"
 TINY = load_file(ROOT / "manifests" / "examples" / "tiny-cpu.yaml")
 
 # ---------------------------------------------------------------- the installed RayService CRD (review #7)
@@ -47,10 +46,7 @@ TINY = load_file(ROOT / "manifests" / "examples" / "tiny-cpu.yaml")
 
 @pytest.fixture(scope="module")
 def kuberay_crd():
-    if not KUBERAY_CRD.is_file():
-        pytest.skip(f"KubeRay's RayService CRD is not here ({KUBERAY_CRD} is absent); the walk is also "
-                    "tested below against a schema built in the test")
-    return yaml.safe_load(KUBERAY_CRD.read_text())
+    return load_rayservice_crd("the walk is also tested below against a schema built in the test")
 
 
 def _cluster_config_schema(crd):

@@ -28,6 +28,7 @@ from shardserve_operator import naming
 from shardserve_operator.hashing import compute_hash, read_hash
 from shardserve_operator.render import RenderOptions, render_children, render_yaml
 from shardserve_operator.render.rayservice import APP_IMPORT_PATH, HEAD_PORTS
+from tests.kuberay_crd import rayservice_v1_schema
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -39,7 +40,6 @@ CASES = {
     "pipeline-across-nodes": HERE / "cases" / "pipeline-across-nodes.yaml",
 }
 OWNER_UID = "00000000-0000-4000-8000-000000000001"
-KUBERAY_CRD = ROOT.parent / "shared" / "kuberay" / "ray.io_rayservices.yaml"
 K8S_VERSION = kubernetes_validate.latest_version()
 
 
@@ -318,11 +318,8 @@ def _strict(schema):
 
 @pytest.fixture(scope="module")
 def rayservice_schema():
-    if not KUBERAY_CRD.exists():
-        pytest.skip(f"KubeRay's RayService CRD is not at {KUBERAY_CRD}; cannot check rendered RayServices against it")
-    crd = yaml.safe_load(KUBERAY_CRD.read_text())
-    (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
-    return jsonschema.Draft7Validator(_strict(v1["schema"]["openAPIV3Schema"]))
+    schema = rayservice_v1_schema("cannot check rendered RayServices against it")
+    return jsonschema.Draft7Validator(_strict(schema))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
