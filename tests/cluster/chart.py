@@ -15,6 +15,8 @@ from typing import Any, Optional
 
 import yaml
 
+from shardserve.api.yaml_loading import safe_load_all
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "shardserve"
 INSTALL_YAML = ROOT / "manifests" / "install.yaml"
@@ -54,14 +56,14 @@ def render_chart(values: Optional[dict[str, Any]] = None, chart: Path = CHART, n
         if path.endswith("NOTES.txt"):
             notes = text
             continue
-        objects += [doc for doc in yaml.safe_load_all(text) if doc]
+        objects += [doc for doc in safe_load_all(text) if doc]
     return objects, notes
 
 
 def chart_crds(chart: Path = CHART) -> list[dict[str, Any]]:
     import helm_python
 
-    return [doc for crd in helm_python.Chart.load(str(chart)).crds for doc in yaml.safe_load_all(crd["data"]) if doc]
+    return [doc for crd in helm_python.Chart.load(str(chart)).crds for doc in safe_load_all(crd["data"]) if doc]
 
 
 def _order(obj: dict[str, Any]) -> tuple[int, str, str]:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import kubernetes_validate
 import pytest
-import yaml
 
 from shardserve.api.validation import load_file
+from shardserve.api.yaml_loading import safe_load, safe_load_all
 from shardserve_operator.render import RenderOptions, render_children
 from tests.cluster.admission import schema_errors
 from tests.kuberay_crd import rayservice_v1_schema
@@ -82,7 +82,7 @@ def test_llama_70b_fills_an_8_gpu_node_per_replica_autoscales_and_has_an_ingress
     ingress = objects["Ingress"]["spec"]
     assert ingress["rules"][0]["host"] == "llm.example.com" and ingress["ingressClassName"] == "nginx"
     assert ingress["tls"] == [{"hosts": ["llm.example.com"], "secretName": "llm-example-com-tls"}]
-    serve = yaml.safe_load(objects["RayService"]["spec"]["serveConfigV2"])
+    serve = safe_load(objects["RayService"]["spec"]["serveConfigV2"])
     spec = serve["applications"][0]["args"]["spec"]
     assert spec["parallelism"]["tensor"] == 4 and spec["parallelism"]["pipeline"] == 2
 
@@ -94,5 +94,5 @@ def test_render_command_prints_each_example(capsys, monkeypatch):
         monkeypatch.delenv(name)
     for path in EXAMPLES:
         assert main(["render", str(path)]) == 0
-        kinds = [doc["kind"] for doc in yaml.safe_load_all(capsys.readouterr().out) if doc]
+        kinds = [doc["kind"] for doc in safe_load_all(capsys.readouterr().out) if doc]
         assert kinds[:2] == ["RayService", "Service"]

@@ -15,20 +15,20 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 from pydantic import ValidationError
 from ray._common.utils import import_attr
 from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 from ray.serve.schema import ServeDeploySchema
 
 from shardserve.api.validation import SpecError
+from shardserve.api.yaml_loading import safe_load
 from shardserve.serve.app import build_app
 from tests.contract.specs import SPEC_IDS, SPECS, rendered_rayservice
 
 
 def serve_config_as_kuberay_sends_it(spec_id: str) -> dict:
     """YAML -> JSON, as KubeRay turns serveConfigV2 into the request body."""
-    return json.loads(json.dumps(yaml.safe_load(rendered_rayservice(spec_id)["spec"]["serveConfigV2"])))
+    return json.loads(json.dumps(safe_load(rendered_rayservice(spec_id)["spec"]["serveConfigV2"])))
 
 
 @pytest.mark.parametrize("spec_id", SPEC_IDS)

@@ -15,10 +15,10 @@ from typing import Any, Optional, Union
 
 import aiohttp
 import pytest
-import yaml
 
 from cluster_emulator import ClusterEmulator
 from shardserve.api.spec import API_GROUP
+from shardserve.api.yaml_loading import safe_load
 from shardserve_operator.main import Operator
 from shardserve_operator.settings import LeaderElection, OperatorSettings
 
@@ -31,7 +31,7 @@ ING_PATH = "/apis/networking.k8s.io/v1/namespaces/{ns}/ingresses"
 
 
 def tiny_document(name: str = "tiny", namespace: str = "default", **spec_changes: Any) -> dict[str, Any]:
-    doc = yaml.safe_load(TINY.read_text())
+    doc = safe_load(TINY.read_text())
     doc["metadata"] = {"name": name, "namespace": namespace}
     doc["spec"].update(copy.deepcopy(spec_changes))
     return doc

@@ -16,13 +16,13 @@ from pathlib import Path
 import jsonschema
 import kubernetes_validate
 import pytest
-import yaml
 
 from shardserve.api.contract import PVC_MOUNT_ROOT
 from shardserve.api.kuberay import build_head_service_ports, check_group_resources, find_duplicate_ports
 from shardserve.api.placement import placement_for
 from shardserve.api.serve_options import PROXY_TIMEOUT_MARGIN_S
 from shardserve.api.validation import load_file, parse_deployment
+from shardserve.api.yaml_loading import safe_load
 from shardserve.serve.llm_config import build_llm_config
 from shardserve_operator import naming
 from shardserve_operator.hashing import compute_hash, read_hash
@@ -83,7 +83,7 @@ def test_rendering_is_deterministic_and_hash_tracks_content():
 # ---------------------------------------------------------------- the serve config
 
 def serve_config(rayservice):
-    return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    return safe_load(rayservice["spec"]["serveConfigV2"])
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -4,10 +4,10 @@ vLLM reads it; typed chat options travel in the Serve app's args."""
 from __future__ import annotations
 
 import kubernetes_validate
-import yaml
 
 from shardserve.api.contract import CHAT_TEMPLATE_DIR
 from shardserve.api.validation import parse_deployment
+from shardserve.api.yaml_loading import safe_load
 from shardserve.serve.llm_config import build_llm_config
 from shardserve_operator.render import RenderOptions, render_children
 from tests.operator.test_operator_render import K8S_VERSION, by_kind
@@ -31,7 +31,7 @@ def test_a_config_map_template_is_mounted_in_worker_pods_at_the_path_vllm_reads(
     (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
     assert mount == {"name": volume["name"], "mountPath": CHAT_TEMPLATE_DIR, "readOnly": True}
     # What the Serve controller builds from the rendered args names that file.
-    (app,) = yaml.safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
+    (app,) = safe_load(rayservice["spec"]["serveConfigV2"])["applications"]
     kwargs = build_llm_config(parse_deployment(app["args"]))["engine_kwargs"]
     assert kwargs["chat_template"] == f"{CHAT_TEMPLATE_DIR}/llama.jinja"
     assert kwargs["tool_call_parser"] == "llama3_json" and kwargs["enable_auto_tool_choice"] is True

@@ -6,7 +6,6 @@ import copy
 from typing import get_args
 
 import pytest
-import yaml
 from ray._private.accelerators.nvidia_gpu import NvidiaGPUAcceleratorManager
 
 from shardserve.api.gpu_products import GPU_PRODUCT_LABEL, GPU_PRODUCTS
@@ -14,6 +13,7 @@ from shardserve.api.kuberay import strip_hash_ignored
 from shardserve.api.serve_options import build_proxy_timeout
 from shardserve.api.spec import GpuType
 from shardserve.api.validation import load_file, parse_deployment
+from shardserve.api.yaml_loading import safe_load
 from shardserve_operator.render import RenderOptions, is_paused, render_children
 from shardserve_operator.render.rayservice import ANNOTATION_HTTP_OPTIONS, CACHE_MOUNT, CACHE_VOLUME
 from tests.operator.test_operator_render import CASES, by_kind
@@ -161,7 +161,7 @@ def _app_config(doc: dict):
     from ray.serve.schema import ServeDeploySchema
 
     rayservice = by_kind(render_children(parse_deployment(doc)))["RayService"]
-    (app,) = ServeDeploySchema.model_validate(yaml.safe_load(rayservice["spec"]["serveConfigV2"])).applications
+    (app,) = ServeDeploySchema.model_validate(safe_load(rayservice["spec"]["serveConfigV2"])).applications
     return app
 
 
