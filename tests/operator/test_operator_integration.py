@@ -226,14 +226,19 @@ async def test_persistent_server_errors_show_in_status(cluster, operator):
                      10, "recovery")
 
 
-async def test_a_child_events_reconcile_is_retried_until_it_succeeds(cluster, operator):
+async def test_a_child_events_reconcile_is_retried_until_it_succeeds(cluster):
     """The work queue retries it at the operator's backoff for as long as it takes (no attempt cap)."""
-    await cluster.create_md(tiny_document())
-    await converged(cluster)
-    fault = cluster.emulator.inject("PATCH", r"/modeldeployments/tiny/status$", 503, times=10)
-    await cluster.patch(RS_PATH.format(ns="default") + "/tiny/status", {"status": ready_status()})
-    await eventually(lambda: (cluster.condition("tiny", "Ready") or {}).get("status") == "True", 15, "Ready=True")
-    assert fault.hits == 10
+    # A backoff that reaches its cap after three failures, and ten failures take a fraction of a second.
+    running = await start_operator(operator_settings(cluster.url, retry_base_seconds=0.01, retry_max_seconds=0.04))
+    try:
+        await cluster.create_md(tiny_document())
+        await converged(cluster)
+        fault = cluster.emulator.inject("PATCH", r"/modeldeployments/tiny/status$", 503, times=10)
+        await cluster.patch(RS_PATH.format(ns="default") + "/tiny/status", {"status": ready_status()})
+        await eventually(lambda: (cluster.condition("tiny", "Ready") or {}).get("status") == "True", 15, "Ready=True")
+        assert fault.hits == 10
+    finally:
+        assert await running.stop() == 0
 
 
 async def test_stopping_drops_a_pending_retry(cluster):
