@@ -7,7 +7,7 @@ import kmock
 import pytest_asyncio
 
 from cluster_emulator import ClusterEmulator
-from operator_harness import Cluster, operator_settings, start_operator
+from operator_harness import Cluster, eventually, kopf_is_watching, operator_settings, start_operator
 
 
 @pytest_asyncio.fixture
@@ -21,5 +21,6 @@ async def cluster():
 @pytest_asyncio.fixture
 async def operator(cluster: Cluster):
     running = await start_operator(operator_settings(cluster.url))
+    await eventually(lambda: kopf_is_watching(cluster.emulator), 15, "kopf to watch every kind")
     yield running
     assert await running.stop() == 0

@@ -19,6 +19,7 @@ import pytest
 from cluster_emulator import ClusterEmulator
 from shardserve.api.spec import API_GROUP
 from shardserve.api.yaml_loading import safe_load
+from shardserve_operator.kinds import MODEL_DEPLOYMENT, WATCHED_KINDS
 from shardserve_operator.main import Operator
 from shardserve_operator.settings import LeaderElection, OperatorSettings
 
@@ -134,6 +135,16 @@ def operator_settings(url: str, **changes: Any) -> OperatorSettings:
         leader_election=LeaderElection(enabled=False),
     )
     return dataclasses.replace(base, **changes)
+
+
+def kopf_is_watching(emulator: ClusterEmulator) -> bool:
+    """kopf has listed every kind the operator watches: its start-up discovery is over.
+
+    kopf says it is ready before that; stopped during the discovery, it waits
+    5 s for the discovery's requests, which wait for credentials it no longer renews.
+    """
+    listed = {r.url.path.rsplit("/", 1)[-1] for r in emulator.requests if r.method.value == "GET"}
+    return {kind.plural for kind in (MODEL_DEPLOYMENT, *WATCHED_KINDS)} <= listed
 
 
 class RunningOperator:
