@@ -2,6 +2,7 @@
 (streamed SSE with known delays), served over real HTTP in this process."""
 
 import asyncio
+import gc
 import json
 import socket
 import threading
@@ -22,6 +23,17 @@ from shardserve.cli import main
 KEY = "sk-bench"
 FIRST_S, GAP_S, CHUNKS = 0.15, 0.03, 5
 SLACK_S = 2.0  # how late a loaded machine may run a timer or a read
+
+
+@pytest.fixture(autouse=True)
+def no_collector_pause():
+    """The timings here are a fake server's, in this process. A full pass of the cyclic garbage collector
+    walks every object the whole test session made (0.3-0.9 s at a time) and would show as a slow token."""
+    enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if enabled:
+        gc.enable()
 
 
 def sse(obj) -> str:
