@@ -25,3 +25,9 @@ def pytest_collection_finish(session):
     # this, one came every 10 young collections.
     gc.set_threshold(700, 10, 100)
     gc.enable()
+
+
+def pytest_unconfigure(config):
+    # Frozen objects are never freed; xgrammar's bindings (nanobind) then
+    # report them as leaked when the interpreter exits.
+    gc.unfreeze()
