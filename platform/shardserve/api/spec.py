@@ -213,7 +213,7 @@ class ServingSpec(_Model):
     api_key_secret: Optional[str] = Field(
         default=None,
         description="Secret holding API keys, one key per data entry (the entry's name is a label); "
-                    "when set, /v1/* needs 'Authorization: Bearer <key>'. Keys rotate without a restart.",
+                    "when set, every route but /health needs 'Authorization: Bearer <key>'. Keys rotate without a restart.",
     )
     port: int = Field(
         default=8000, ge=1024, le=65535,
