@@ -117,17 +117,13 @@ def policy_changes(stack: LocalStack) -> list[tuple[str, dict]]:
 def test_the_queue_scales_to_two_both_serve_and_it_scales_back(autoscaled: Autoscaled):
     assert read_status(APP)["replicas_running"] == 1
     with Load(autoscaled.stack.base_url, clients=12) as load:
-        seen: list[dict] = []
         decided_s, _ = wait_for_status(APP, lambda r: r["replicas_desired"] == 2, SCALE_TIMEOUT_S,
-                                       "a second replica to be decided", seen)
+                                       "a second replica to be decided")
         serving_s, _ = wait_for_status(APP, lambda r: r["replicas_running"] == 2, SCALE_TIMEOUT_S,
-                                       "the second replica to serve", seen)
-        # While the second replica starts, the policy's record says why it holds two: the queue
-        # per replica over the target ("scale up 1->2: queue ..." or "queue ..., 1 replica(s) starting").
-        over = [float(m.group(1)) for r in seen if r["replicas_desired"] == 2 and r["replicas_running"] == 1
-                and (m := re.match(rf"(?:scale up 1->2: )?queue ([0-9.]+)/replica > target {TARGET_QUEUE}\b",
-                                   r["last_decision"] or ""))]
-        assert over and min(over) > TARGET_QUEUE, [r["last_decision"] for r in seen]
+                                       "the second replica to serve")
+        # Why it scaled is read below from the policy's own log of its changes, which holds
+        # every decision: the status shows only the latest, and while the second replica
+        # starts the queue may already be under the target ("steady"), so sampling it races.
         # Both replicas finish requests while both serve (counted from here on).
         before = served_by_replica(autoscaled.metrics_url)
 
