@@ -2,7 +2,8 @@
 
 import pytest
 
-from shardserve.api.spec import OPENAI_CHAT_ROLES, ChatSpec, ServingSpec
+from shardserve.api.chat_spec import OPENAI_CHAT_ROLES, ChatSpec
+from shardserve.api.spec import ServingSpec
 from shardserve.serve.http.limits import RequestLimits, find_limit_violation, json_depth
 
 LIMITS = RequestLimits(max_tokens=100, max_n=4, max_stop_sequences=2, max_messages=3, max_message_chars=10,

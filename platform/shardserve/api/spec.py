@@ -8,13 +8,15 @@ Python. Unknown fields are rejected so a typo fails when the file is loaded.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Optional, get_args
+from typing import Any, Literal, Optional, get_args
 
-from pydantic import AliasGenerator, BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
-from pydantic.alias_generators import to_camel, to_snake
+from pydantic import AliasGenerator, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
 
+from shardserve.api.chat_spec import ChatSpec
 from shardserve.api.kuberay import find_reserved_port
 from shardserve.api.quantity import check_quantity
+from shardserve.api.spec_model import SpecModel
 
 API_GROUP = "shardserve.dev"
 API_VERSION = "v1alpha1"
@@ -28,16 +30,7 @@ MAX_NAME_LENGTH = 40
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        alias_generator=AliasGenerator(alias=to_camel),
-        populate_by_name=True,
-        validate_default=True,
-    )
-
-
-class ModelSpec(_Model):
+class ModelSpec(SpecModel):
     id: str = Field(
         min_length=1,
         max_length=128,
@@ -95,7 +88,7 @@ class ModelSpec(_Model):
         return self.source.partition("://")[2]
 
 
-class EngineSpec(_Model):
+class EngineSpec(SpecModel):
     max_model_len: Optional[int] = Field(
         default=None, ge=16, le=10_000_000,
         description="Context length (prompt + output tokens). Defaults to the model's own.",
@@ -131,7 +124,7 @@ class EngineSpec(_Model):
         return check_quantity(value)
 
 
-class ParallelismSpec(_Model):
+class ParallelismSpec(SpecModel):
     tensor: int = Field(default=1, ge=1, le=64, description="Tensor-parallel size (accelerators per stage).")
     pipeline: int = Field(default=1, ge=1, le=64, description="Pipeline-parallel size (stages).")
     backend: Literal["auto", "mp", "ray"] = Field(
@@ -149,7 +142,7 @@ GpuType = Literal[
 ]
 
 
-class ResourcesSpec(_Model):
+class ResourcesSpec(SpecModel):
     accelerator: Literal["cpu", "nvidia.com/gpu"] = Field(
         default="nvidia.com/gpu", description="What each vLLM worker runs on."
     )
@@ -182,7 +175,7 @@ class ResourcesSpec(_Model):
         return self
 
 
-class AutoscalingSpec(_Model):
+class AutoscalingSpec(SpecModel):
     min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas; 0 allows scale to zero.")
     max_replicas: int = Field(default=1, ge=1, le=1000, description="Most replicas.")
     target_queue_depth: float = Field(
@@ -202,7 +195,7 @@ class AutoscalingSpec(_Model):
         return self
 
 
-class ServingSpec(_Model):
+class ServingSpec(SpecModel):
     max_ongoing_requests: int = Field(default=64, ge=1, le=100_000, description="Requests one replica serves at once.")
     max_queued_requests: int = Field(
         default=256, ge=0, le=1_000_000,
@@ -260,7 +253,7 @@ class ServingSpec(_Model):
         return value
 
 
-class IngressSpec(_Model):
+class IngressSpec(SpecModel):
     host: str = Field(
         pattern=r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
         description="Host name the Ingress serves.",
@@ -271,7 +264,7 @@ class IngressSpec(_Model):
     annotations: dict[str, str] = Field(default_factory=dict, description="Extra Ingress annotations.")
 
 
-class TracingSpec(_Model):
+class TracingSpec(SpecModel):
     endpoint: str = Field(
         min_length=1, max_length=2048, pattern=r"^\S+$",
         description="OTLP collector. For http/protobuf a base URL (e.g. http://otel-collector:4318; spans go "
@@ -286,7 +279,7 @@ class TracingSpec(_Model):
     )
 
 
-class TelemetrySpec(_Model):
+class TelemetrySpec(SpecModel):
     tracing: Optional[TracingSpec] = Field(
         default=None,
         description="Export OpenTelemetry traces over OTLP: a span per request in the ingress, the model "
@@ -297,77 +290,7 @@ class TelemetrySpec(_Model):
 
 # Jinja templates run in every chat request; a cap keeps a spec (and the
 # RayService that carries it) small.
-MAX_CHAT_TEMPLATE_CHARS = 64 * 1024
-
-
-class ConfigMapKeyRef(_Model):
-    name: str = Field(
-        min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
-        description="ConfigMap in the ModelDeployment's namespace.",
-    )
-    key: str = Field(
-        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="Data key holding the template.",
-    )
-
-
-class ChatTemplateSpec(_Model):
-    inline: Optional[str] = Field(
-        default=None, min_length=1, max_length=MAX_CHAT_TEMPLATE_CHARS, description="The Jinja template itself.",
-    )
-    file: Optional[str] = Field(
-        default=None, min_length=1, max_length=4096,
-        description="A file holding the template, relative to the spec file (shardserve run only).",
-    )
-    config_map: Optional[ConfigMapKeyRef] = Field(
-        default=None,
-        description="A ConfigMap key holding the template (cluster only); the operator mounts it in the Ray "
-        "pods, and a changed template reaches replicas as they restart.",
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ChatTemplateSpec:
-        given = [name for name in ("inline", "file", "configMap") if getattr(self, to_snake(name)) is not None]
-        if len(given) != 1:
-            raise ValueError(f"set exactly one of inline, file and configMap (got {', '.join(given) or 'none'})")
-        return self
-
-
-class ToolCallingSpec(_Model):
-    parser: str = Field(
-        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="vLLM tool-call parser that turns the model's output into tool_calls; it must match the "
-        "model's chat format (e.g. hermes, llama3_json, mistral, qwen3_xml). Checked against vLLM's registry.",
-    )
-    auto_tool_choice: bool = Field(
-        default=True,
-        description="Let the model decide when to call a tool (tool_choice auto). Named and required "
-        "tool choices work either way: structured output constrains the arguments.",
-    )
-
-
-# The message roles OpenAI's chat API defines; vLLM passes any other to the
-# chat template, where most templates drop or misrender it.
-OPENAI_CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
-
-
-class ChatSpec(_Model):
-    extra_roles: list[Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]] = Field(
-        default_factory=list, max_length=32,
-        description="Message roles accepted besides OpenAI's (system, developer, user, assistant, tool, function), "
-        "for a chat template that knows more (e.g. ipython). Other roles get HTTP 400.",
-    )
-    template: Optional[ChatTemplateSpec] = Field(
-        default=None, description="Replace the model's chat template (checked to compile when the spec loads).",
-    )
-    tool_calling: Optional[ToolCallingSpec] = Field(default=None, description="Tool calling on /v1/chat/completions.")
-    reasoning_parser: Optional[str] = Field(
-        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
-        description="vLLM reasoning parser: the model's reasoning goes to reasoning_content instead of content "
-        "(e.g. deepseek_r1, qwen3). Checked against vLLM's registry.",
-    )
-
-
-class ModelDeploymentSpec(_Model):
+class ModelDeploymentSpec(SpecModel):
     model: ModelSpec = Field(description="Which model to serve and where its weights come from.")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings.")
     parallelism: ParallelismSpec = Field(default_factory=ParallelismSpec, description="How one replica is sharded.")
@@ -403,7 +326,7 @@ class ModelDeploymentSpec(_Model):
         return 1 if self.replicas is None else self.replicas
 
 
-class ObjectMeta(_Model):
+class ObjectMeta(SpecModel):
     # Only what a ModelDeployment file needs; the cluster adds the rest.
     model_config = ConfigDict(extra="ignore", alias_generator=AliasGenerator(alias=to_camel), populate_by_name=True)
     name: str = Field(max_length=MAX_NAME_LENGTH, description="DNS-1123 label.")
@@ -423,7 +346,7 @@ class ObjectMeta(_Model):
         return value
 
 
-class ModelDeployment(_Model):
+class ModelDeployment(SpecModel):
     api_version: Literal["shardserve.dev/v1alpha1"] = Field(description="shardserve.dev/v1alpha1")
     kind: Literal["ModelDeployment"] = Field(description="ModelDeployment")
     metadata: ObjectMeta
@@ -438,7 +361,7 @@ ConditionType = Literal["SpecValid", "ResourcesApplied", "ServeReady", "Progress
 _CONDITION_TYPES = get_args(ConditionType)
 
 
-class Condition(_Model):
+class Condition(SpecModel):
     # The operator writes only ConditionType's, but the CRD keeps the type an open
     # string, as metav1.Condition does: Helm never upgrades a chart's CRDs, and an
     # installed CRD enumerating the types would refuse every status write of an
@@ -451,7 +374,7 @@ class Condition(_Model):
     last_transition_time: Optional[str] = Field(default=None, description="RFC 3339 time the status last flipped.")
 
 
-class PlacementStatus(_Model):
+class PlacementStatus(SpecModel):
     accelerators_per_replica: int
     pods_per_replica: int
     accelerators_per_pod: int
@@ -459,7 +382,7 @@ class PlacementStatus(_Model):
     strategy: str
 
 
-class ModelDeploymentStatus(_Model):
+class ModelDeploymentStatus(SpecModel):
     observed_generation: Optional[int] = None
     conditions: list[Condition] = Field(default_factory=list)
     replicas: int = Field(default=0, description="Replicas the deployment targets.")

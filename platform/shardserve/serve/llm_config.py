@@ -9,11 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+from shardserve.api.chat_spec import ChatSpec
 from shardserve.api.contract import CHAT_TEMPLATE_DIR, COLD_START_CALLBACK, PVC_MOUNT_ROOT
 from shardserve.api.placement import Placement, cpu_threads_bind, placement_for
 from shardserve.api.quantity import parse_quantity
 from shardserve.api.serve_options import build_deployment_config
-from shardserve.api.spec import ChatSpec, ModelDeployment, ModelSpec
+from shardserve.api.spec import ModelDeployment, ModelSpec
 
 # A stream's outputs after the first are sent in batches this often (Ray Serve
 # LLM's default); the replica sends the first at once (first_then_batched).

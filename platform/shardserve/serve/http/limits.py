@@ -20,7 +20,7 @@ from typing import Any, Optional
 from jsonschema import Draft202012Validator, SchemaError
 from jsonschema.validators import validator_for
 
-from shardserve.api.spec import OPENAI_CHAT_ROLES
+from shardserve.api.chat_spec import OPENAI_CHAT_ROLES
 
 # JSON can smuggle half of a UTF-16 surrogate pair in as an escape; raw
 # UTF-8 bytes cannot carry one at all, so bodies without such an escape skip
