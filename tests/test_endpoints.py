@@ -95,3 +95,10 @@ def test_tokenize_ends_at_the_request_timeout():
 def test_every_post_route_is_in_the_table_once():
     paths = [endpoint.path for endpoint in ENDPOINTS]
     assert len(paths) == len(set(paths))
+
+
+def test_the_limits_see_the_body_the_route_parsed():
+    replica = Replica()
+    response = _client(replica).post("/v1/chat/completions",
+                                     json={"model": "m", "messages": [{"role": "wizard", "content": "hi"}]})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "messages[0].role"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import json
 import logging
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any, Optional, TypeVar, cast
@@ -144,7 +143,8 @@ async def _check_body(request: Request) -> None:
     limits = getattr(request.app.state, "limits", None)
     if limits is not None:
         try:
-            body = json.loads(raw)
+            # FastAPI parsed this body for the route on this same Request, which keeps the result.
+            body = await request.json()
         except ValueError:
             return  # the schema already accepted it; nothing more to bound
         found = find_limit_violation(body, limits)
