@@ -24,14 +24,13 @@ from pydantic import BaseModel
 
 from shardserve.api.kuberay import RESERVED_PORTS, PortRange
 from shardserve.api.quantity import QUANTITY
+from shardserve.api.sources import BUILTIN_MODELS, source_pattern
 from shardserve.api.spec import (
     _DNS_LABEL,
     API_GROUP,
     API_VERSION,
-    BUILTIN_MODELS,
     KIND,
     MAX_NAME_LENGTH,
-    SOURCE_SCHEMES,
     ModelDeploymentSpec,
     ModelDeploymentStatus,
 )
@@ -50,10 +49,7 @@ HEADER = (
 
 # model.source: the scheme, then something other than slashes; file:// takes
 # an absolute path; builtin:// only the models shardserve builds (spec.ModelSpec).
-_REMOTE = "|".join(s for s in SOURCE_SCHEMES if s not in ("file", "builtin"))
-SOURCE_PATTERN = (
-    rf"^(?:(?:{_REMOTE})://.*[^/].*|file:///.*[^/].*|builtin://(?:{'|'.join(BUILTIN_MODELS)}))$"
-)
+SOURCE_PATTERN = source_pattern(BUILTIN_MODELS)
 
 
 @dataclass(frozen=True)

@@ -16,14 +16,13 @@ from pydantic.alias_generators import to_camel
 from shardserve.api.chat_spec import ChatSpec
 from shardserve.api.kuberay import find_reserved_port
 from shardserve.api.quantity import check_quantity
+from shardserve.api.sources import BUILTIN_MODELS, check_source
 from shardserve.api.spec_model import SpecModel
 
 API_GROUP = "shardserve.dev"
 API_VERSION = "v1alpha1"
 KIND = "ModelDeployment"
 
-SOURCE_SCHEMES = ("hf", "s3", "gs", "pvc", "file", "builtin")
-BUILTIN_MODELS = ("tiny",)
 # Names of children (RayService, its RayCluster, head Service, pods) add
 # suffixes to the ModelDeployment's name; Kubernetes caps labels at 63.
 MAX_NAME_LENGTH = 40
@@ -60,19 +59,7 @@ class ModelSpec(SpecModel):
     @field_validator("source")
     @classmethod
     def _check_source(cls, value: str) -> str:
-        scheme, sep, rest = value.partition("://")
-        if not sep or scheme not in SOURCE_SCHEMES:
-            raise ValueError(
-                f"{value!r} must start with one of "
-                + ", ".join(f"{s}://" for s in SOURCE_SCHEMES)
-            )
-        if not rest.strip("/"):
-            raise ValueError(f"{value!r} names no model after {scheme}://")
-        if scheme == "builtin" and rest not in BUILTIN_MODELS:
-            raise ValueError(f"builtin models are {', '.join(BUILTIN_MODELS)}; got {rest!r}")
-        if scheme == "file" and not rest.startswith("/"):
-            raise ValueError(f"file:// needs an absolute path (file:///models/x); got {value!r}")
-        return value
+        return check_source(value, BUILTIN_MODELS)
 
     @field_validator("cache_size")
     @classmethod
