@@ -105,6 +105,23 @@ def failed_rules(schema: dict[str, Any], obj: Any) -> list[tuple[str, str]]:
     return failed
 
 
+def list_map_errors(schema: dict[str, Any], obj: Any) -> list[str]:
+    """Entries of an `x-kubernetes-list-type: map` list that repeat its keys (the
+    API server's "Duplicate value")."""
+    errors = []
+    for path, node, value in _nodes(schema, obj, ""):
+        if node.get("x-kubernetes-list-type") != "map" or not isinstance(value, list):
+            continue
+        keys = node["x-kubernetes-list-map-keys"]
+        seen: set[tuple[Any, ...]] = set()
+        for index, item in enumerate(value):
+            key = tuple(item.get(k) for k in keys)
+            if key in seen:
+                errors.append(f"{path}[{index}]: Duplicate value: {dict(zip(keys, key))}")
+            seen.add(key)
+    return errors
+
+
 def rule_errors(schema: dict[str, Any], obj: Any) -> list[str]:
     return [message for _, message in failed_rules(schema, obj)]
 
@@ -114,7 +131,7 @@ def admit(crd: dict[str, Any], obj: dict[str, Any]) -> tuple[dict[str, Any], lis
     (version,) = crd["spec"]["versions"]
     schema = version["schema"]["openAPIV3Schema"]
     stored = apply_defaults(schema, drop_nulls(copy.deepcopy(obj)))
-    errors = schema_errors(schema, stored)
+    errors = schema_errors(schema, stored) + list_map_errors(schema, stored)
     if errors:  # CEL rules assume a well-typed object
         return stored, errors
     return stored, rule_errors(schema, stored)

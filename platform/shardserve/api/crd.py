@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from shardserve.api.kuberay import RESERVED_PORTS, PortRange
 from shardserve.api.quantity import QUANTITY
-from shardserve.api.sources import BUILTIN_MODELS, source_pattern
+from shardserve.api.sources import BUILTIN_ADAPTERS, BUILTIN_MODELS, DYNAMIC_SCHEMES, source_pattern
 from shardserve.api.spec import (
     _DNS_LABEL,
     API_GROUP,
@@ -50,6 +50,10 @@ HEADER = (
 # model.source: the scheme, then something other than slashes; file:// takes
 # an absolute path; builtin:// only the models shardserve builds (spec.ModelSpec).
 SOURCE_PATTERN = source_pattern(BUILTIN_MODELS)
+ADAPTER_SOURCE_PATTERN = source_pattern(BUILTIN_ADAPTERS)
+# lora.dynamicSource: a prefix on a store that holds many adapters.
+_DYNAMIC_REMOTE = "|".join(s for s in DYNAMIC_SCHEMES if s != "file")
+DYNAMIC_SOURCE_PATTERN = rf"^(?:(?:{_DYNAMIC_REMOTE})://.*[^/].*|file:///.*[^/].*)$"
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,13 @@ RULES: dict[tuple[str, ...], tuple[Rule, ...]] = {
              "spec.parallelism.backend ray is not allowed with spec.resources.accelerator cpu: "
              "vLLM's CPU platform refuses the ray executor; use mp or auto",
              field_path=".parallelism.backend"),
+        Rule("!has(self.lora) || !self.model.id.contains(':')",
+             "spec.model.id must not contain ':' with spec.lora: it separates the model from an adapter "
+             "(<model id>:<adapter>)",
+             field_path=".model.id"),
+        Rule("!has(self.lora) || !has(self.lora.adapters) || self.lora.adapters.all(a, a.name != self.model.id)",
+             "spec.lora.adapters: no adapter may be named as spec.model.id is",
+             field_path=".lora.adapters"),
         Rule("self.resources.accelerator == 'cpu' || self.parallelism.backend != 'mp'",
              "spec.parallelism.backend mp is not allowed with GPUs: GPU replicas run vLLM workers as "
              "Ray actors in the replica's placement group; use ray or auto",
@@ -126,6 +137,13 @@ RULES: dict[tuple[str, ...], tuple[Rule, ...]] = {
         Rule("[has(self.inline), has(self.file), has(self.configMap)].filter(x, x).size() == 1",
              "spec.chat.template: set exactly one of inline, file and configMap"),
     ),
+    ("spec", "lora"): (
+        Rule("(has(self.adapters) && size(self.adapters) > 0) || has(self.dynamicSource)",
+             "spec.lora: list adapters or set dynamicSource (or both)"),
+        Rule("self.maxCpuAdapters >= self.maxAdapters",
+             "spec.lora.maxCpuAdapters must be >= spec.lora.maxAdapters",
+             field_path=".maxCpuAdapters"),
+    ),
     ("spec", "autoscaling"): (
         Rule("self.maxReplicas >= self.minReplicas",
              "spec.autoscaling.maxReplicas must be >= spec.autoscaling.minReplicas",
@@ -138,6 +156,8 @@ RULES: dict[tuple[str, ...], tuple[Rule, ...]] = {
 # What spec.py's field validators check on single strings, as patterns.
 PATTERNS: dict[tuple[str, ...], str] = {
     ("spec", "model", "source"): SOURCE_PATTERN,
+    ("spec", "lora", "adapters", "[]", "source"): ADAPTER_SOURCE_PATTERN,
+    ("spec", "lora", "dynamicSource"): DYNAMIC_SOURCE_PATTERN,
     ("spec", "model", "cacheSize"): QUANTITY.pattern,
     ("spec", "engine", "kvCacheMemory"): QUANTITY.pattern,
     ("spec", "resources", "cpu"): QUANTITY.pattern,
@@ -147,6 +167,7 @@ PATTERNS: dict[tuple[str, ...], str] = {
 # Lists of conditions are maps keyed by type (one entry per type, merged by key).
 LIST_MAP_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("status", "conditions"): ("type",),
+    ("spec", "lora", "adapters"): ("name",),
 }
 
 # Descriptions for fields the spec leaves undescribed (status, written by the operator).

@@ -40,6 +40,11 @@ RESERVED = {
     "tool_call_parser": "spec.chat.toolCalling.parser",
     "enable_auto_tool_choice": "spec.chat.toolCalling.autoToolChoice",
     "reasoning_parser": "spec.chat.reasoningParser",
+    "enable_lora": "spec.lora",
+    "max_lora_rank": "spec.lora.maxRank",
+    "max_loras": "spec.lora.maxAdapters",
+    "max_cpu_loras": "spec.lora.maxCpuAdapters",
+    "lora_modules": "spec.lora.adapters",
 }
 
 # Front-end arguments about the HTTP server, which shardserve owns: Ray Serve
@@ -60,7 +65,7 @@ OWNED_BY_SERVER = {
     "enable_request_id_headers": "the replica's HTTP server (it always returns x-request-id)",
     "log_config_file": "Ray's logging", "data_parallel_supervisor_port": "Ray Serve",
     "dp_supervisor_probe_interval_s": "Ray Serve", "dp_supervisor_probe_timeout_s": "Ray Serve",
-    "dp_supervisor_probe_failure_threshold": "Ray Serve", "lora_modules": "Ray Serve LLM's LoRA support",
+    "dp_supervisor_probe_failure_threshold": "Ray Serve",
 }
 
 @lru_cache(maxsize=1)

@@ -7,6 +7,10 @@ from collections.abc import Sequence
 
 SOURCE_SCHEMES = ("hf", "s3", "gs", "pvc", "file", "builtin")
 BUILTIN_MODELS = ("tiny",)
+# LoRA adapters of the tiny model, built like it (shardserve.builtin.tiny_adapters).
+BUILTIN_ADAPTERS = ("tiny-a", "tiny-b")
+# Sources under which any adapter can be asked for by name (a prefix).
+DYNAMIC_SCHEMES = ("s3", "gs", "pvc", "file")
 
 
 def check_source(value: str, builtins: Sequence[str], kind: str = "model") -> str:

@@ -15,6 +15,7 @@ from pydantic.alias_generators import to_camel
 
 from shardserve.api.chat_spec import ChatSpec
 from shardserve.api.kuberay import find_reserved_port
+from shardserve.api.lora_spec import LoraSpec
 from shardserve.api.quantity import check_quantity
 from shardserve.api.sources import BUILTIN_MODELS, check_source
 from shardserve.api.spec_model import SpecModel
@@ -296,6 +297,9 @@ class ModelDeploymentSpec(SpecModel):
     chat: Optional[ChatSpec] = Field(
         default=None, description="OpenAI chat options of vLLM's front end: chat template, tool calling, reasoning.",
     )
+    lora: Optional[LoraSpec] = Field(
+        default=None, description="LoRA adapters of the model, each asked for by name as the request's model.",
+    )
 
     @model_validator(mode="after")
     def _one_replica_owner(self) -> ModelDeploymentSpec:
@@ -303,6 +307,17 @@ class ModelDeploymentSpec(SpecModel):
             raise ValueError(
                 "set either replicas or autoscaling, not both: with autoscaling the autoscaler owns the replica count"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _adapters_named_apart(self) -> ModelDeploymentSpec:
+        if self.lora is None:
+            return self
+        if ":" in self.model.id:
+            raise ValueError(f"model.id {self.model.id!r} has a ':', which with lora separates the model "
+                             "from an adapter (<model id>:<adapter>)")
+        if self.lora.find(self.model.id) is not None:
+            raise ValueError(f"an adapter in lora.adapters is named {self.model.id!r}, as model.id is")
         return self
 
     @property

@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from shardserve.api.adapter_config import check_local_adapters
 from shardserve.api.chat_template import check_chat_template
 from shardserve.api.engine_args import check_engine_args, check_parser_name
 from shardserve.api.placement import PlacementError, check_model_shape, placement_for
@@ -134,7 +135,7 @@ def check_deployment(md: ModelDeployment) -> list[str]:
 
 def check_servable_here(md: ModelDeployment) -> list[str]:
     """What a cluster accepts but `shardserve run` cannot serve: a paused
-    deployment, a template in a ConfigMap."""
+    deployment, a template in a ConfigMap, an adapter file that is missing or wrong."""
     problems = []
     if md.spec.autoscaling is None and md.spec.replicas == 0:
         problems.append("spec.replicas: 0 pauses the deployment in a cluster (no Ray pods, no accelerators held); "
@@ -143,7 +144,7 @@ def check_servable_here(md: ModelDeployment) -> list[str]:
     if chat is not None and chat.template is not None and chat.template.config_map is not None:
         problems.append("spec.chat.template.configMap: ConfigMaps exist in a cluster; "
                         "shardserve run takes spec.chat.template.inline or file")
-    return problems
+    return problems + check_local_adapters(md.spec.lora, md.spec.model)
 
 
 def check_servable_in_cluster(md: ModelDeployment) -> list[str]:
