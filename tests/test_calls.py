@@ -209,3 +209,26 @@ async def test_any_async_iterable_body_streams_and_ends_cleanly():
     early = stream_until(Body(chunks), deadline, 5, [Call()])
     assert await anext(early) == chunks[0]
     await early.aclose()  # a consumer that stops: nothing to close upstream, and no error
+
+
+class AdapterReplica:
+    """Says which multiplexed model Serve's request context names during the call."""
+
+    async def chat(self, _body):
+        from ray import serve
+
+        return serve.get_multiplexed_model_id()
+
+
+@pytest.mark.asyncio
+async def test_the_adapter_a_request_names_reaches_serves_request_context():
+    handle = InProcessHandle(AdapterReplica())
+    assert await handle.options(stream=True, multiplexed_model_id="tiny-a").chat.remote({}) == "tiny-a"
+    # The base model's calls name none, whatever the HTTP request's own context said.
+    from ray.serve.context import _set_request_context
+
+    _set_request_context(multiplexed_model_id="from-a-header")
+    assert await handle.options(stream=True).chat.remote({}) == ""
+    from ray import serve
+
+    assert serve.get_multiplexed_model_id() == "from-a-header"  # restored after the call

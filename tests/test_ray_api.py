@@ -2,8 +2,10 @@
 in for the internal ones Ray's own code was written against, and each
 private name `shardserve.serve.ray_private` uses exists in the pinned Ray."""
 
+import dataclasses
 import gc
 import importlib
+import inspect
 import subprocess
 import sys
 
@@ -123,3 +125,21 @@ def test_the_ingress_routes_every_post_route_of_rays_ingress():
         if method == "post":
             posts[name] = path
     assert posts == {endpoint.name: endpoint.path for endpoint in ENDPOINTS}
+
+
+def test_the_private_names_the_lora_path_relies_on_exist():
+    """Ray's ingress looks models up through the two methods ModelLookupHooks
+    overrides; LLMServer takes a loader class and resolves an adapter from
+    Serve's request context; Ray's vLLM engine keeps vLLM's adapter registry
+    and engine client under the names ray_private reads."""
+    from ray.llm._internal.serve.engines.vllm import vllm_engine
+    from ray.serve import context
+
+    for name in ("_get_model_id", "_get_configured_serve_handle"):
+        assert callable(getattr(InternalOpenAiIngress, name))
+        assert name in vars(ray_private.ModelLookupHooks)
+    assert "model_downloader" in inspect.signature(InternalLLMServer.__init__).parameters
+    assert "serve.get_multiplexed_model_id()" in inspect.getsource(InternalLLMServer._maybe_resolve_lora_from_multiplex)
+    engine_source = inspect.getsource(vllm_engine.VLLMEngine)
+    assert "self._oai_models =" in engine_source and "self._engine_client =" in engine_source
+    assert "multiplexed_model_id" in {f.name for f in dataclasses.fields(context._RequestContext)}

@@ -55,3 +55,8 @@ def decision_key(app: str, deployment: str) -> str:
 def cold_start_key(app: str, deployment: str) -> str:
     """The phases of one deployment's latest replica start."""
     return f"coldstart/{app}/{deployment}"
+
+
+def adapters_key(app: str, deployment: str, replica: str = "") -> str:
+    """The LoRA adapters one replica holds (a prefix of all replicas' keys when `replica` is empty)."""
+    return f"adapters/{app}/{deployment}/{replica}"

@@ -48,6 +48,8 @@ def build_application(md: ModelDeployment, llm_config_dict: Optional[dict[str, A
     }
     if model.scheme == "builtin":
         bind_kwargs["builtin_model"] = model.location
+    if md.spec.lora is not None:
+        bind_kwargs.update(lora=md.spec.lora, base_model=model)
     return build_llm_deployment(
         llm_config,
         bind_kwargs=bind_kwargs,

@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from shardserve.api.chat_spec import ChatSpec
 from shardserve.api.contract import CHAT_TEMPLATE_DIR, COLD_START_CALLBACK, PVC_MOUNT_ROOT
+from shardserve.api.lora_spec import LoraSpec
 from shardserve.api.placement import Placement, cpu_threads_bind, placement_for
 from shardserve.api.quantity import parse_quantity
 from shardserve.api.serve_options import build_deployment_config
@@ -28,6 +29,10 @@ STREAM_BATCHING_INTERVAL_MS = 50
 # (guidance refuses them). spec.engine.args.structured_outputs_config
 # overrides each key.
 STRUCTURED_OUTPUTS = {"backend": "xgrammar", "disable_any_whitespace": True}
+
+# One adapter's download from s3:// or gs:// (Ray's downloader): its limit and tries.
+ADAPTER_DOWNLOAD_TIMEOUT_S = 600.0
+ADAPTER_DOWNLOAD_TRIES = 3
 
 
 def resolve_model_source(model: ModelSpec, builtin_dir: Optional[str] = None) -> str:
@@ -65,6 +70,7 @@ def build_engine_kwargs(md: ModelDeployment, placement: Placement) -> dict[str, 
     }
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     kwargs.update(build_chat_kwargs(md.spec.chat))
+    kwargs.update(build_lora_kwargs(md.spec.lora))
     kwargs.update(engine.args)
     kwargs["structured_outputs_config"] = build_structured_outputs(engine.args.get("structured_outputs_config") or {})
     return kwargs
@@ -77,6 +83,25 @@ def build_structured_outputs(given: dict[str, Any]) -> dict[str, Any]:
     if config["backend"] not in ("xgrammar", "guidance") and "disable_any_whitespace" not in given:
         del config["disable_any_whitespace"]
     return config
+
+
+def build_lora_kwargs(lora: Optional[LoraSpec]) -> dict[str, Any]:
+    """vLLM's LoRA switches for spec.lora: batch slots (max_loras) sized by
+    max_lora_rank, and the adapters kept in CPU memory (max_cpu_loras)."""
+    if lora is None:
+        return {}
+    return {"enable_lora": True, "max_lora_rank": lora.max_rank, "max_loras": lora.max_adapters,
+            "max_cpu_loras": lora.max_cpu_adapters}
+
+
+def build_lora_config(lora: LoraSpec) -> dict[str, Any]:
+    """Ray Serve LLM's LoRA settings: Serve's multiplexing keeps as many
+    adapters per replica as vLLM keeps in CPU memory, so what Serve's router
+    believes a replica holds is what its engine holds. The adapters' sources
+    are resolved by the replica's own loader (serve/adapters.py), so Ray's
+    dynamic_lora_loading_path stays unset."""
+    return {"max_num_adapters_per_replica": lora.max_cpu_adapters,
+            "download_timeout_s": ADAPTER_DOWNLOAD_TIMEOUT_S, "max_download_tries": ADAPTER_DOWNLOAD_TRIES}
 
 
 def build_chat_kwargs(chat: Optional[ChatSpec]) -> dict[str, Any]:
@@ -134,4 +159,6 @@ def build_llm_config(md: ModelDeployment, *, builtin_dir: Optional[str] = None) 
     }
     if spec.resources.accelerator_type:
         config["accelerator_type"] = spec.resources.accelerator_type
+    if spec.lora is not None:
+        config["lora_config"] = build_lora_config(spec.lora)
     return config

@@ -34,13 +34,30 @@ Ray Serve LLM (ray.llm._internal):
   under the name it reads.
 - `SetRequestIdMiddleware`: gives each request its id (x-request-id), as
   Ray's own ingress app does; LLMServer hands the id to vLLM.
+- `LoraModelLoader`, `LoraMirrorConfig`, `DiskMultiplexConfig`: Ray Serve
+  LLM's LoRA loading. LLMServer takes a loader class (`model_downloader`)
+  and calls it, inside Serve's multiplexing, for each adapter a request
+  names; shardserve's loader resolves the sources Ray's does not read
+  (hf, pvc, file, builtin) and hands s3/gs ones to Ray's downloader.
+- `serving_models`, `engine_client`: vLLM's adapter registry and engine
+  client, which Ray's vLLM engine keeps in private attributes; the loader
+  loads an adapter into vLLM through them and frees it on eviction.
+- `ModelLookupHooks`: OpenAiIngress finds a request's model in its private
+  `_get_model_id` and its handle in `_get_configured_serve_handle`, and
+  knows adapters only in Ray's `<model id>:<suffix>` form from cloud
+  storage; the replica's ingress overrides both under public names to
+  accept an adapter's own name and route it.
+- `multiplexed_model` (ray.serve.context's request context): the model
+  replica's in-process calls carry the adapter a request names where a
+  DeploymentHandle would, so LLMServer resolves it as it would from Serve.
 
 Ray Serve and Ray core:
 - `tracing_enabled` (ray.serve._private.tracing_utils): whether Serve set up
   tracing in this process; shardserve's spans join Serve's.
-- `kv_get`/`kv_put` (ray.experimental.internal_kv): the cluster's key-value
-  store; replicas and the autoscaling policy publish there what
-  `shardserve status` shows.
+- `kv_get`/`kv_put`/`kv_keys` (ray.experimental.internal_kv): the cluster's
+  key-value store; replicas and the autoscaling policy publish there what
+  `shardserve status` shows, and replicas see there which adapters the
+  others hold.
 - `serve_details` (ray.serve.context._get_global_client): the controller's
   view of each application; `shardserve status` needs each replica's state
   and the target replica count, which `serve.status()` does not give.
@@ -50,45 +67,56 @@ Ray Serve and Ray core:
 - `init_ray` (ray.init's _metrics_export_port): the port of Ray's metrics
   agent, where `shardserve run` serves /metrics.
 
-The three names that load vLLM (`to_model_metadata`, `OpenAIHTTPException`,
-`SetRequestIdMiddleware`) load on first use: the Serve
+The names that load vLLM or torch (`to_model_metadata`, `OpenAIHTTPException`,
+`SetRequestIdMiddleware` and the three LoRA ones) load on first use: the Serve
 controller (the autoscaling policy), Serve's proxies (tracing) and
 `shardserve status` import this module and must not pay for vLLM.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import ray
 from ray import serve
-from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_put
+from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list, _internal_kv_put
 from ray.llm._internal.common.callbacks.base import CallbackBase as CallbackBase
 from ray.llm._internal.serve.core.protocol import RawRequestInfo as RawRequestInfo
 from ray.llm._internal.serve.utils.batcher import Batcher as Batcher
 from ray.serve._private.tracing_utils import is_tracing_enabled
-from ray.serve.context import _get_global_client
+from ray.serve.context import _get_global_client, _get_serve_request_context, _serve_request_context
 from ray.serve.deployment import Application
 
 if TYPE_CHECKING:
+    from ray.llm._internal.common.utils.cloud_utils import LoraMirrorConfig as LoraMirrorConfig
+    from ray.llm._internal.serve.core.configs.llm_config import DiskMultiplexConfig as DiskMultiplexConfig
     from ray.llm._internal.serve.core.configs.openai_api_models import OpenAIHTTPException as OpenAIHTTPException
     from ray.llm._internal.serve.core.configs.openai_api_models import to_model_metadata as to_model_metadata
     from ray.llm._internal.serve.core.ingress.middleware import SetRequestIdMiddleware as SetRequestIdMiddleware
+    from ray.llm._internal.serve.utils.lora_serve_utils import LoraModelLoader as LoraModelLoader
     from ray.serve.llm.deployment import LLMServer
+    from ray.serve.llm.ingress import OpenAiIngress
 
     _HooksBase = LLMServer
+    _IngressBase = OpenAiIngress
 else:
     _HooksBase = object
+    _IngressBase = object
 
 T = TypeVar("T")
 
-# name -> module, for the names that load vLLM (see the docstring).
+# name -> module, for the names that load vLLM or torch (see the docstring).
 LOADED_ON_FIRST_USE = {
     "OpenAIHTTPException": "ray.llm._internal.serve.core.configs.openai_api_models",
     "to_model_metadata": "ray.llm._internal.serve.core.configs.openai_api_models",
     "SetRequestIdMiddleware": "ray.llm._internal.serve.core.ingress.middleware",
+    "LoraModelLoader": "ray.llm._internal.serve.utils.lora_serve_utils",
+    "LoraMirrorConfig": "ray.llm._internal.common.utils.cloud_utils",
+    "DiskMultiplexConfig": "ray.llm._internal.serve.core.configs.llm_config",
 }
 
 
@@ -119,6 +147,28 @@ class BatchingHooks(_HooksBase):
         return self.batch_output_stream(generator)
 
 
+class ModelLookupHooks(_IngressBase):
+    """OpenAiIngress's private model lookup under public names.
+
+    Mixed in before OpenAiIngress: `class Ingress(ModelLookupHooks, OpenAiIngress)`.
+    """
+
+    async def model_for(self, model: Optional[str]) -> str:
+        """The model a request's `model` field names (404 when none)."""
+        model_id: str = await super()._get_model_id(model)
+        return model_id
+
+    def handle_for(self, model_id: str) -> Any:
+        """The handle that serves `model_id`'s requests."""
+        return super()._get_configured_serve_handle(model_id)
+
+    async def _get_model_id(self, model: Optional[str]) -> str:
+        return await self.model_for(model)
+
+    def _get_configured_serve_handle(self, model_id: str) -> Any:
+        return self.handle_for(model_id)
+
+
 async def engine_tasks(server: LLMServer) -> tuple[str, ...]:
     """The vLLM tasks of a started replica's model; ("generate",) from an
     engine that cannot say, as Ray's own app builder assumes."""
@@ -141,6 +191,28 @@ def adopt_tokenizer_service(server: LLMServer) -> None:
         engine._oai_serving_tokenization = getattr(state, "serving_tokenization", None)  # type: ignore[union-attr]
 
 
+def serving_models(server: LLMServer) -> Any:
+    """vLLM's registry of the adapters a started replica's engine serves (OpenAIServingModels)."""
+    return getattr(server.engine, "_oai_models", None)
+
+
+def engine_client(server: LLMServer) -> Any:
+    """vLLM's engine client of a started replica (AsyncLLM)."""
+    return getattr(server.engine, "_engine_client", None)
+
+
+@contextmanager
+def multiplexed_model(model_id: str) -> Iterator[None]:
+    """Inside the block, Serve's request context names `model_id` as the
+    request's multiplexed model, as a DeploymentHandle call would."""
+    current = _get_serve_request_context()
+    token = _serve_request_context.set(dataclasses.replace(current, multiplexed_model_id=model_id))  # type: ignore[arg-type]  # Ray types the variable by its default, None
+    try:
+        yield
+    finally:
+        _serve_request_context.reset(token)
+
+
 def tracing_enabled() -> bool:
     return bool(is_tracing_enabled())
 
@@ -152,6 +224,10 @@ def kv_get(key: str, namespace: str) -> Optional[bytes]:
 
 def kv_put(key: str, value: str, namespace: str) -> None:
     _internal_kv_put(key, value, namespace=namespace)
+
+
+def kv_keys(prefix: str, namespace: str) -> list[str]:
+    return [k.decode() if isinstance(k, bytes) else str(k) for k in _internal_kv_list(prefix, namespace=namespace)]
 
 
 def serve_details() -> dict[str, Any]:

@@ -14,21 +14,31 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import json
 import logging
 import os
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar, cast
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
+from shardserve.api.contract import KV_NAMESPACE, adapters_key
+from shardserve.api.lora_spec import LoraSpec
+from shardserve.api.spec import ModelSpec
 from shardserve.api.tracing_env import ENV_TRACES_ENDPOINT
 from shardserve.builtin.tiny import ensure_builtin_model
+from shardserve.builtin.tiny_adapters import ensure_builtin_adapter
+from shardserve.serve.adapters import AdapterLoader, AdapterNames, ReplicaAdapters, evict_from_vllm, load_into_vllm
 from shardserve.serve.autoscaling.engine_queue import read_queue
 from shardserve.serve.autoscaling.policy import RUNNING, WAITING
+from shardserve.serve.http.calls import TrackedHandle
 from shardserve.serve.http.endpoints import served_paths
 from shardserve.serve.http.ingress import build_ingress_app
 from shardserve.serve.http.limits import RequestLimits
@@ -37,11 +47,17 @@ from shardserve.serve.ray_private import (
     BatchingHooks,
     RawRequestInfo,
     adopt_tokenizer_service,
+    engine_client,
     engine_tasks,
     engine_vocab_size,
+    kv_get,
+    kv_keys,
+    kv_put,
+    serving_models,
     to_model_metadata,
 )
 from shardserve.serve.telemetry.cold_start import ColdStart
+from shardserve.serve.telemetry.metrics import record_adapter_evicted, record_adapter_loaded
 from shardserve.serve.telemetry.spans import trace_replica_call
 from shardserve.serve.telemetry.tracing import tracing_enabled
 
@@ -67,12 +83,24 @@ class ShardserveServer(BatchingHooks, LLMServer):
     # Serve awaits an async constructor, as it does LLMServer's own.
     async def __init__(  # type: ignore[misc]
         self, llm_config: LLMConfig, *, builtin_model: Optional[str] = None, limits: Optional[RequestLimits] = None,
-        require_api_key: bool = False, identity: Optional[ReplicaIdentity] = None, **kwargs: Any,
+        require_api_key: bool = False, identity: Optional[ReplicaIdentity] = None, lora: Optional[LoraSpec] = None,
+        base_model: Optional[ModelSpec] = None, **kwargs: Any,
     ):
-        """`identity` defaults to the Serve replica's own."""
+        """`identity` defaults to the Serve replica's own; `lora` and the
+        `base_model` it adapts come with spec.lora."""
         self._builtin_model = builtin_model
         self._limits, self._require_api_key = limits, require_api_key
         self._identity = identity or ReplicaIdentity.from_serve()
+        self._handle: Optional[DeploymentHandle[Any]] = None  # to this deployment, made on first use
+        self._served_config: Any = None  # the LLMConfig the engine runs
+        self._adapters = ReplicaAdapters(AdapterNames.from_spec(llm_config.model_id, lora), self._adapter_card,
+                                         peers=self._adapters_elsewhere)
+        if lora is not None and base_model is not None:
+            kwargs["model_downloader"] = functools.partial(
+                AdapterLoader, lora=lora, model=base_model, builtin_dir=ensure_builtin_adapter,
+                load_into_engine=lambda name, path: load_into_vllm(serving_models(self), engine_client(self), name, path),
+                evict_from_engine=lambda name: evict_from_vllm(serving_models(self), engine_client(self), name),
+                on_loaded=self._adapter_loaded, on_evicted=self._adapter_evicted)
         self._cold_start: Optional[ColdStart] = ColdStart(llm_config.model_id, self._identity.application,
                                                           self._identity.deployment, self._identity.replica)
         if tracing_enabled() and os.environ.get(ENV_TRACES_ENDPOINT):
@@ -90,13 +118,60 @@ class ShardserveServer(BatchingHooks, LLMServer):
         """The HTTP app Serve runs in this replica (after the engine started)."""
         llm_config = await self.llm_config()
         assert llm_config is not None  # set in the constructor
+        self._served_config = llm_config
         model_id = llm_config.model_id
         tasks = await engine_tasks(self)
         # /v1/models says what the model does and which routes serve it.
         card = to_model_metadata(model_id, llm_config, {"tasks": list(tasks), "endpoints": served_paths(tasks)})
         limits = dataclasses.replace(self._limits or RequestLimits(), vocab_size=engine_vocab_size(self))
+        has_adapters = bool(self._adapters.names.listed or self._adapters.names.dynamic)
         return build_ingress_app(self, model_id, card, limits, self._require_api_key,
-                                 self._identity.application, model_tasks=tasks)
+                                 self._identity.application, model_tasks=tasks,
+                                 adapters=self._adapters if has_adapters else None,
+                                 elsewhere=self._elsewhere if has_adapters else None)
+
+    def _adapter_card(self, name: str) -> Any:
+        """An adapter's /v1/models card: the model's, under the adapter's id, naming its parent."""
+        assert self._served_config is not None  # cards are asked for by the HTTP app, built after the engine
+        return to_model_metadata(name, self._served_config, {"parent": self._served_config.model_id})
+
+    def _adapter_loaded(self, name: str, seconds: float) -> None:
+        self._adapters.resident[name] = seconds
+        record_adapter_loaded(self._identity.application, name, seconds)
+        self._publish_adapters()
+
+    def _adapter_evicted(self, name: str) -> None:
+        self._adapters.resident.pop(name, None)
+        record_adapter_evicted(self._identity.application, name)
+        self._publish_adapters()
+
+    def _publish_adapters(self) -> None:
+        """Which adapters this replica holds, for the other replicas' routing and `shardserve status`."""
+        ident = self._identity
+        record = {"adapters": sorted(self._adapters.resident), "time": time.time()}
+        try:
+            kv_put(adapters_key(ident.application, ident.deployment, ident.replica), json.dumps(record), KV_NAMESPACE)
+        except Exception as err:  # noqa: BLE001 - routing then only loses adapter affinity
+            logger.warning("publishing this replica's adapters failed: %r", err)
+
+    def _adapters_elsewhere(self) -> dict[str, list[str]]:
+        """The adapters the deployment's other replicas published (blocking: run in a thread)."""
+        ident = self._identity
+        prefix = adapters_key(ident.application, ident.deployment)
+        held = {}
+        for key in kv_keys(prefix, KV_NAMESPACE):
+            replica = key.removeprefix(prefix)
+            raw = kv_get(key, KV_NAMESPACE) if replica != ident.replica else None
+            if raw:
+                held[replica] = list(json.loads(raw).get("adapters", []))
+        return held
+
+    def _elsewhere(self, adapter: str) -> Any:
+        """A handle to this deployment's replicas for `adapter`: Serve's router
+        prefers one that holds it (multiplexing)."""
+        if self._handle is None:
+            self._handle = serve.get_deployment_handle(self._identity.deployment, self._identity.application)
+        return TrackedHandle(self._handle.options(stream=True, multiplexed_model_id=adapter))
 
     async def start(self) -> None:
         builtin_model: Optional[str] = getattr(self, "_builtin_model", None)

@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shardserve.serve.adapters import AdapterError, AdapterNames, ReplicaAdapters
 from shardserve.serve.http.api_keys import KeyStore, bearer_token, key_matches, keys_configured
 from shardserve.serve.http.body import BodyRejected, checked_body
 from shardserve.serve.http.calls import (
@@ -39,7 +40,7 @@ from shardserve.serve.http.calls import (
 from shardserve.serve.http.endpoints import ENDPOINTS, unsupported_message
 from shardserve.serve.http.errors import clean_engine_message, describe_validation_errors, openai_error
 from shardserve.serve.http.limits import RequestLimits, find_invalid_unicode, find_limit_violation
-from shardserve.serve.ray_private import OpenAIHTTPException, SetRequestIdMiddleware
+from shardserve.serve.ray_private import ModelLookupHooks, OpenAIHTTPException, SetRequestIdMiddleware
 from shardserve.serve.telemetry.metrics import record_rejected
 from shardserve.serve.telemetry.spans import trace_ingress_call
 
@@ -52,15 +53,65 @@ FORM_TYPES = ("multipart/form-data",)
 FORM_PATH_PREFIX = "/v1/audio/"
 
 
-class ShardserveIngress(OpenAiIngress):
-    """Ray Serve LLM's OpenAI routes for one model, served by the model replica
-    `server` in this process."""
+class ShardserveIngress(ModelLookupHooks, OpenAiIngress):
+    """Ray Serve LLM's OpenAI routes for one model and its LoRA adapters,
+    served by the model replica `server` in this process.
 
-    def __init__(self, server: LLMServer, model_id: str, model_card: Any):
+    A request for the base model, or for an adapter this replica holds, is
+    served here. One for an adapter it does not hold goes through Serve's
+    router (`elsewhere`), which prefers a replica that holds it; with none,
+    the replica holding the fewest adapters loads it.
+    """
+
+    def __init__(self, server: LLMServer, model_id: str, model_card: Any, adapters: Optional[ReplicaAdapters] = None,
+                 elsewhere: Optional[Callable[[str], Any]] = None):
         # Stands in for a DeploymentHandle: the ingress calls options() and <method>.remote() only.
-        handle = cast("DeploymentHandle[Any]", InProcessHandle(server))
-        super().__init__(llm_deployments={model_id: handle}, model_cards={model_id: model_card})
+        self._here = InProcessHandle(server)
+        super().__init__(llm_deployments={model_id: cast("DeploymentHandle[Any]", self._here)},
+                         model_cards={model_id: model_card})
         self._server, self._model_id = server, model_id
+        self._adapters, self._elsewhere = adapters, elsewhere
+
+    def _by_adapter_name(self, body: Any) -> Any:
+        """`<model id>:<adapter>` asks for the adapter, which vLLM knows by its own name."""
+        model = getattr(body, "model", None)
+        if self._adapters is not None and isinstance(model, str) and model.startswith(f"{self._model_id}:"):
+            body.model = model.removeprefix(f"{self._model_id}:")
+        return body
+
+    def _adapter_for(self, model: str) -> Optional[str]:
+        names = self._adapters.names if self._adapters is not None else AdapterNames(self._model_id)
+        return names.adapter_for(model)
+
+    async def model_for(self, model: Optional[str]) -> str:
+        if model is None:
+            return self._model_id
+        adapter = self._adapter_for(model)  # AdapterNotFound for a name this endpoint does not serve
+        if adapter is not None and self._adapters is not None and self._elsewhere is not None:
+            await self._adapters.look_around(adapter)
+        return model
+
+    def handle_for(self, model_id: str) -> Any:
+        adapter = self._adapter_for(model_id)
+        if adapter is None:
+            return self._here.options(stream=True)
+        assert self._adapters is not None
+        if self._elsewhere is None or self._adapters.serve_here(adapter):
+            return self._here.options(stream=True, multiplexed_model_id=adapter)
+        return self._elsewhere(adapter)
+
+    async def models(self) -> Any:
+        """The model, then its adapters (each with `metadata.parent`)."""
+        listing = await super().models()
+        if self._adapters is not None:
+            listing.data.extend(self._adapters.card(name) for name in self._adapters.listed())
+        return listing
+
+    async def model_data(self, model: str) -> Any:
+        adapter = self._adapter_for(model)
+        if adapter is None or self._adapters is None:
+            return await super().model_data(model)
+        return self._adapters.card(adapter)
 
     def guarded(self, name: str) -> Callable[[Any, Request], Awaitable[Response]]:
         """OpenAiIngress's POST route `name` behind the body checks and the
@@ -70,6 +121,7 @@ class ShardserveIngress(OpenAiIngress):
 
         @functools.wraps(route)
         async def call(body: Any, request: Request) -> Response:
+            body = self._by_adapter_name(body)
             return await trace_ingress_call(name, body, _checked_call(route, body, request))
 
         signature = inspect.signature(route)
@@ -171,6 +223,15 @@ async def _on_body_rejected(_request: Request, exc: BodyRejected) -> JSONRespons
 def _error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
                     headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
     return JSONResponse(openai_error(status, message, param=param, code=code), status_code=status, headers=headers)
+
+
+async def _on_adapter_error(_request: Request, exc: AdapterError) -> JSONResponse:
+    # From another replica, Ray wraps it in an error that is also an AdapterError; its cause has the message.
+    cause = getattr(exc, "cause", exc)
+    message = getattr(cause, "message", str(cause))
+    if exc.status_code >= 500:
+        logger.error("adapter failed: %s", message)
+    return _error_response(exc.status_code, message, param="model", code=exc.code)
 
 
 async def _on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -398,6 +459,7 @@ def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: b
     _add_exception_handler(app, OpenAIHTTPException, _on_openai_exception)
     _add_exception_handler(app, RequestLimitError, _on_limit_error)
     _add_exception_handler(app, BodyRejected, _on_body_rejected)
+    _add_exception_handler(app, AdapterError, _on_adapter_error)
     _add_exception_handler(app, Exception, _on_unexpected)
     # Outermost last: request id, header size, API key, admission, body size, content type.
     app.add_middleware(JsonBodyOnly)
@@ -411,12 +473,14 @@ def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: b
 
 def build_ingress_app(server: LLMServer, model_id: str, model_card: Any, limits: Optional[RequestLimits] = None,
                       require_api_key: bool = False, application: str = "",
-                      model_tasks: Collection[str] = ("generate",)) -> FastAPI:
+                      model_tasks: Collection[str] = ("generate",), adapters: Optional[ReplicaAdapters] = None,
+                      elsewhere: Optional[Callable[[str], Any]] = None) -> FastAPI:
     """The replica's HTTP app: the ingress's routes, calling `server` (the
     model replica itself) in this process; the routes `model_tasks` cannot
-    serve answer 404."""
+    serve answer 404. `elsewhere(adapter)` is a handle to the replicas, for
+    an adapter this one does not hold."""
     app = build_fastapi_app(limits, require_api_key, application)
-    ingress = ShardserveIngress(server, model_id, model_card)
+    ingress = ShardserveIngress(server, model_id, model_card, adapters, elsewhere)
     app.get("/health")(ingress.health)
     app.get("/v1/models")(ingress.models)
     app.get("/v1/models/{model:path}")(ingress.model_data)

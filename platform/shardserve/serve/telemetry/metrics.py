@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ray.util.metrics import Counter
+from ray.util.metrics import Counter, Histogram
 
 REJECTED = "shardserve_rejected_requests"
 _rejected: Optional[Any] = None
@@ -23,3 +23,38 @@ def record_rejected(application: str, reason: str) -> None:
                             "they reached the engine, by reason (queue_full: the replica held "
                             "serving.maxOngoingRequests + maxQueuedRequests).", tag_keys=("application", "reason"))
     _rejected.inc(tags={"application": application, "reason": reason})
+
+
+ADAPTER_LOADS = "shardserve_adapter_loads"
+ADAPTER_EVICTIONS = "shardserve_adapter_evictions"
+ADAPTER_LOAD_SECONDS = "shardserve_adapter_load_seconds"
+# An adapter from local disk loads in well under a second; a download takes longer.
+ADAPTER_LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_adapter_metrics: Optional[tuple[Any, Any, Any]] = None
+
+
+def _adapters() -> tuple[Any, Any, Any]:
+    global _adapter_metrics
+    if _adapter_metrics is None:
+        tags = ("application", "adapter")
+        _adapter_metrics = (
+            Counter(ADAPTER_LOADS, "LoRA adapters a model replica loaded (a first load, or again after eviction).",
+                    tag_keys=tags),
+            Counter(ADAPTER_EVICTIONS, "LoRA adapters a model replica evicted, least recently used first, to load "
+                    "another past lora.maxCpuAdapters.", tag_keys=tags),
+            Histogram(ADAPTER_LOAD_SECONDS, "Time a LoRA adapter's load took: finding or downloading its files, "
+                      "checking its config, and loading it into the engine.", boundaries=list(ADAPTER_LOAD_BUCKETS),
+                      tag_keys=tags),
+        )
+    return _adapter_metrics
+
+
+def record_adapter_loaded(application: str, adapter: str, seconds: float) -> None:
+    loads, _, load_seconds = _adapters()
+    tags = {"application": application, "adapter": adapter}
+    loads.inc(tags=tags)
+    load_seconds.observe(seconds, tags=tags)
+
+
+def record_adapter_evicted(application: str, adapter: str) -> None:
+    _adapters()[1].inc(tags={"application": application, "adapter": adapter})
