@@ -155,8 +155,25 @@ def test_replica_span_hands_the_engine_its_own_context_and_reads_the_stream(span
     assert seen["headers"]["x-request-id"] == "r"
     assert span.name == "replica text_completion tiny"
     assert span.attributes["shardserve.replica"] == "replica-a"
+    assert "shardserve.adapter" not in span.attributes  # the base model
     assert span.attributes["gen_ai.response.finish_reasons"] == ("length",)
     assert span.attributes["gen_ai.usage.output_tokens"] == 8
+
+
+def test_replica_span_names_the_adapter_a_request_ran_with(spans):
+    async def engine_stream():
+        yield [LAST]
+
+    async def call(request, raw_request_info):
+        return engine_stream()
+
+    async def run():
+        stream = await trace_replica_call("chat", SimpleNamespace(model="tiny-a"), None, call, "r", adapter="tiny-a")
+        return [batch async for batch in stream]
+
+    asyncio.run(run())
+    (span,) = spans.get_finished_spans()
+    assert span.attributes["shardserve.adapter"] == "tiny-a" and span.name == "replica chat tiny-a"
 
 
 def test_replica_span_of_an_abandoned_stream_is_cancelled_not_failed(spans):

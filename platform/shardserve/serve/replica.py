@@ -57,7 +57,7 @@ from shardserve.serve.ray_private import (
     to_model_metadata,
 )
 from shardserve.serve.telemetry.cold_start import ColdStart
-from shardserve.serve.telemetry.metrics import record_adapter_evicted, record_adapter_loaded
+from shardserve.serve.telemetry.metrics import record_adapter_evicted, record_adapter_loaded, record_adapter_request
 from shardserve.serve.telemetry.spans import trace_replica_call
 from shardserve.serve.telemetry.tracing import tracing_enabled
 
@@ -193,13 +193,21 @@ class ShardserveServer(BatchingHooks, LLMServer):
     async def chat(  # type: ignore[override]
         self, request: ChatCompletionRequest, raw_request_info: Optional[RawRequestInfo] = None,
     ) -> AsyncGenerator[Any, None]:
-        return await trace_replica_call("chat", request, raw_request_info, super().chat, self._identity.replica)
+        return await trace_replica_call("chat", request, raw_request_info, super().chat, self._identity.replica,
+                                        self._request_adapter())
 
     async def completions(  # type: ignore[override]
         self, request: CompletionRequest, raw_request_info: Optional[RawRequestInfo] = None,
     ) -> AsyncGenerator[Any, None]:
         return await trace_replica_call("completions", request, raw_request_info, super().completions,
-                                        self._identity.replica)
+                                        self._identity.replica, self._request_adapter())
+
+    def _request_adapter(self) -> Optional[str]:
+        """The adapter the current request runs with (Serve's multiplexed model id), counted per adapter."""
+        adapter = serve.get_multiplexed_model_id() or None
+        if adapter is not None:
+            record_adapter_request(self._identity.application, adapter)
+        return adapter
 
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """The engine's queue, pushed by Serve to the autoscaling policy."""

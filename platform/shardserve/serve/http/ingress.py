@@ -42,7 +42,7 @@ from shardserve.serve.http.errors import clean_engine_message, describe_validati
 from shardserve.serve.http.limits import RequestLimits, find_invalid_unicode, find_limit_violation
 from shardserve.serve.ray_private import ModelLookupHooks, OpenAIHTTPException, SetRequestIdMiddleware
 from shardserve.serve.telemetry.metrics import record_rejected
-from shardserve.serve.telemetry.spans import trace_ingress_call
+from shardserve.serve.telemetry.spans import record_adapter_route, trace_ingress_call
 
 logger = logging.getLogger(__name__)
 Body = TypeVar("Body")
@@ -96,7 +96,9 @@ class ShardserveIngress(ModelLookupHooks, OpenAiIngress):
         if adapter is None:
             return self._here.options(stream=True)
         assert self._adapters is not None
-        if self._elsewhere is None or self._adapters.serve_here(adapter):
+        here = self._elsewhere is None or self._adapters.serve_here(adapter)
+        record_adapter_route(adapter, here)
+        if here or self._elsewhere is None:
             return self._here.options(stream=True, multiplexed_model_id=adapter)
         return self._elsewhere(adapter)
 

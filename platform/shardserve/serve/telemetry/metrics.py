@@ -28,12 +28,13 @@ def record_rejected(application: str, reason: str) -> None:
 ADAPTER_LOADS = "shardserve_adapter_loads"
 ADAPTER_EVICTIONS = "shardserve_adapter_evictions"
 ADAPTER_LOAD_SECONDS = "shardserve_adapter_load_seconds"
+ADAPTER_REQUESTS = "shardserve_adapter_requests"
 # An adapter from local disk loads in well under a second; a download takes longer.
 ADAPTER_LOAD_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-_adapter_metrics: Optional[tuple[Any, Any, Any]] = None
+_adapter_metrics: Optional[tuple[Any, Any, Any, Any]] = None
 
 
-def _adapters() -> tuple[Any, Any, Any]:
+def _adapters() -> tuple[Any, Any, Any, Any]:
     global _adapter_metrics
     if _adapter_metrics is None:
         tags = ("application", "adapter")
@@ -45,12 +46,14 @@ def _adapters() -> tuple[Any, Any, Any]:
             Histogram(ADAPTER_LOAD_SECONDS, "Time a LoRA adapter's load took: finding or downloading its files, "
                       "checking its config, and loading it into the engine.", boundaries=list(ADAPTER_LOAD_BUCKETS),
                       tag_keys=tags),
+            Counter(ADAPTER_REQUESTS, "Requests a model replica ran with a LoRA adapter (Serve's and vLLM's request "
+                    "metrics count them under the base model).", tag_keys=tags),
         )
     return _adapter_metrics
 
 
 def record_adapter_loaded(application: str, adapter: str, seconds: float) -> None:
-    loads, _, load_seconds = _adapters()
+    loads, _, load_seconds, _ = _adapters()
     tags = {"application": application, "adapter": adapter}
     loads.inc(tags=tags)
     load_seconds.observe(seconds, tags=tags)
@@ -58,3 +61,7 @@ def record_adapter_loaded(application: str, adapter: str, seconds: float) -> Non
 
 def record_adapter_evicted(application: str, adapter: str) -> None:
     _adapters()[1].inc(tags={"application": application, "adapter": adapter})
+
+
+def record_adapter_request(application: str, adapter: str) -> None:
+    _adapters()[3].inc(tags={"application": application, "adapter": adapter})

@@ -34,6 +34,11 @@ Req = TypeVar("Req")
 # gen_ai.operation.name of OpenTelemetry's GenAI conventions; other routes go by their own name.
 OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
 REPLICA_ATTRIBUTE = "shardserve.replica"
+# The LoRA adapter a request ran with (its model is the adapter's name too).
+ADAPTER_ATTRIBUTE = "shardserve.adapter"
+# Where the ingress sent an adapter's request: "here" (this replica) or
+# "elsewhere" (through Serve's router, to a replica that holds it).
+ROUTE_ATTRIBUTE = "shardserve.adapter.route"
 STREAM_ATTRIBUTE = "shardserve.request.stream"
 CANCELLED_ATTRIBUTE = "shardserve.request.cancelled"
 # The client went away, or the request was cancelled: not an error of ours.
@@ -211,6 +216,15 @@ async def _end_span_after(span: Any, iterator: AsyncIterable[Any]) -> AsyncGener
         span.end()
 
 
+def record_adapter_route(adapter: str, here: bool) -> None:
+    """On the current (ingress) span: the request's adapter and where it went."""
+    if not tracing_enabled():
+        return
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attributes({ADAPTER_ATTRIBUTE: adapter, ROUTE_ATTRIBUTE: "here" if here else "elsewhere"})
+
+
 def build_trace_headers(headers: dict[str, str], carrier: dict[str, str]) -> dict[str, str]:
     """The request's headers with the trace context replaced by `carrier`."""
     kept = {k: v for k, v in headers.items() if k.lower() not in _TRACE_HEADERS}
@@ -231,6 +245,7 @@ def _with_current_trace_context(raw_request_info: Optional[RawRequestInfo]) -> R
 async def trace_replica_call(
     endpoint: str, request: Req, raw_request_info: Optional[RawRequestInfo],
     call: Callable[[Req, Optional[RawRequestInfo]], Awaitable[AsyncGenerator[Any, None]]], replica: str,
+    adapter: Optional[str] = None,
 ) -> AsyncGenerator[Any, None]:
     """Runs the replica's engine call inside a span that ends with the engine's stream."""
     if not tracing_enabled():
@@ -239,7 +254,8 @@ async def trace_replica_call(
 
     operation = OPERATIONS.get(endpoint, endpoint)
     model = getattr(request, "model", None)
-    attributes = {"gen_ai.operation.name": operation, "gen_ai.request.model": model, REPLICA_ATTRIBUTE: replica}
+    attributes = {"gen_ai.operation.name": operation, "gen_ai.request.model": model, REPLICA_ATTRIBUTE: replica,
+                  ADAPTER_ATTRIBUTE: adapter}
     span = get_tracer().start_span(build_span_name(f"replica {operation}", model),
                                    attributes={k: v for k, v in attributes.items() if v is not None})
     try:
