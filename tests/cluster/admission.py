@@ -117,7 +117,7 @@ def list_map_errors(schema: dict[str, Any], obj: Any) -> list[str]:
         for index, item in enumerate(value):
             key = tuple(item.get(k) for k in keys)
             if key in seen:
-                errors.append(f"{path}[{index}]: Duplicate value: {dict(zip(keys, key))}")
+                errors.append(f"{path}[{index}]: Duplicate value: {dict(zip(keys, key, strict=True))}")
             seen.add(key)
     return errors
 
