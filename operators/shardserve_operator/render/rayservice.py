@@ -38,6 +38,8 @@ WORKER_CONTAINER = "ray-worker"
 WORKER_GROUP = "workers"
 GPU_RESOURCE = "nvidia.com/gpu"
 MODEL_VOLUME = "models"
+# Claims holding LoRA adapters (spec.lora), other than the model's: adapters-0, adapters-1, ...
+ADAPTER_VOLUME_PREFIX = "adapters-"
 CHAT_TEMPLATE_VOLUME = "chat-template"
 # Downloaded weights (hf://, s3://, gs://): Ray Serve LLM and vLLM download
 # into the Hugging Face cache on every node of a replica, so the cache is a
@@ -168,9 +170,36 @@ def _template_annotations(md: ModelDeployment, *, worker: bool) -> dict[str, str
     return annotations
 
 
+def _claim(source: str) -> Optional[str]:
+    scheme, _, location = source.partition("://")
+    return location.strip("/").split("/")[0] if scheme == "pvc" else None
+
+
 def _model_claim(md: ModelDeployment) -> Optional[str]:
-    model = md.spec.model
-    return model.location.strip("/").split("/")[0] if model.scheme == "pvc" else None
+    return _claim(md.spec.model.source)
+
+
+def _adapter_sources(md: ModelDeployment) -> list[str]:
+    """The adapters' sources (listed ones, and the dynamic prefix)."""
+    lora = md.spec.lora
+    if lora is None:
+        return []
+    return [a.source for a in lora.adapters] + ([lora.dynamic_source] if lora.dynamic_source else [])
+
+
+def _adapter_claims(md: ModelDeployment) -> list[str]:
+    """Claims holding adapters, besides the model's own (mounted once)."""
+    claims = [_claim(source) for source in _adapter_sources(md)]
+    return sorted({c for c in claims if c is not None} - {_model_claim(md)})
+
+
+def _credential_secrets(md: ModelDeployment) -> list[str]:
+    """Secrets whose keys become the Ray containers' environment: the model's,
+    then the adapters' (when they have their own)."""
+    secrets = [md.spec.model.credentials_secret]
+    if md.spec.lora is not None:
+        secrets.append(md.spec.lora.credentials_secret)
+    return list(dict.fromkeys(s for s in secrets if s))
 
 
 def _container(name: str, image: str, md: ModelDeployment, ports: list[dict[str, Any]],
@@ -180,9 +209,9 @@ def _container(name: str, image: str, md: ModelDeployment, ports: list[dict[str,
                                  "securityContext": copy.deepcopy(CONTAINER_SECURITY)}
     if resources:
         container["resources"] = resources
-    secret = md.spec.model.credentials_secret
-    if secret:
-        container["envFrom"] = [{"secretRef": {"name": secret}}]
+    secrets = _credential_secrets(md)
+    if secrets:
+        container["envFrom"] = [{"secretRef": {"name": secret}} for secret in secrets]
     if md.spec.serving.api_key_secret:
         container["env"].append({"name": KEYS_FILE_ENV, "value": API_KEYS_MOUNT})
         container["volumeMounts"] = [{"name": API_KEYS_VOLUME, "mountPath": API_KEYS_MOUNT, "readOnly": True}]
@@ -297,7 +326,12 @@ def _add_model_volumes(md: ModelDeployment, worker: dict[str, Any], volumes: lis
     if md.spec.resources.accelerator != "cpu":
         volumes.append({"name": SHM_VOLUME, "emptyDir": {"medium": "Memory"}})
         mounts.append({"name": SHM_VOLUME, "mountPath": "/dev/shm"})
-    if model.scheme in DOWNLOADED_SCHEMES:
+    for index, adapter_claim in enumerate(_adapter_claims(md)):
+        name = f"{ADAPTER_VOLUME_PREFIX}{index}"
+        volumes.append({"name": name, "persistentVolumeClaim": {"claimName": adapter_claim, "readOnly": True}})
+        mounts.append({"name": name, "mountPath": f"{PVC_MOUNT_ROOT}/{adapter_claim}", "readOnly": True})
+    downloads_adapters = any(s.partition("://")[0] in DOWNLOADED_SCHEMES for s in _adapter_sources(md))
+    if model.scheme in DOWNLOADED_SCHEMES or downloads_adapters:
         volumes.append({"name": CACHE_VOLUME,
                         "emptyDir": {"sizeLimit": model.cache_size} if model.cache_size else {}})
         mounts.append({"name": CACHE_VOLUME, "mountPath": CACHE_MOUNT})
