@@ -141,3 +141,15 @@ def test_the_builtin_adapter_config_is_the_one_the_spec_tests_assume():
     from tests.test_lora_spec import ADAPTER_CONFIG
 
     assert adapter_config("tiny-a") == adapter_config("tiny-b") == ADAPTER_CONFIG
+
+
+def test_status_shows_the_adapters_of_running_replicas_only():
+    from shardserve.local.status import build_status_row, format_status
+
+    llm = {"replicas": [{"replica_id": "r1", "state": "RUNNING"}, {"replica_id": "r2", "state": "RUNNING"}],
+           "target_num_replicas": 2}
+    row = build_status_row("tiny", {"status": "RUNNING"}, llm, None, None,
+                           {"r1": ["tiny-a"], "r2": [], "gone": ["tiny-b"]})
+    assert row["adapters"] == {"r1": ["tiny-a"], "r2": []}
+    assert format_status([row]).splitlines()[1:] == ["  replica r1 holds adapters: tiny-a",
+                                                     "  replica r2 holds adapters: none"]

@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from safetensors.numpy import save_file
 
 from shardserve.builtin.tiny_adapters import adapter_config, ensure_builtin_adapter
+from tests.integration.autoscale_status import read_status
 from tests.integration.conftest import StackKind, Stacks, write_spec
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.integration.stack import LocalStack, free_port
@@ -181,3 +182,5 @@ def test_past_the_bound_adapters_are_evicted_and_reloaded_on_demand(http, metric
     assert sum(evictions.values()) >= 2, evictions
     # A reload is one more load of an adapter some replica held before.
     assert sum(loads[name] for name in names) > len(names), loads
+    held = read_status(LORA)["adapters"]
+    assert len(held) == 2 and all(1 <= len(names_held) <= 2 for names_held in held.values()), held

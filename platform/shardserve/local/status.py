@@ -1,5 +1,5 @@
-"""`shardserve status`: replicas and queue of deployments on the local Ray
-that `shardserve run` started."""
+"""`shardserve status`: replicas, queue and LoRA adapters of deployments on
+the local Ray that `shardserve run` started."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any, Optional
 
 import ray
 
-from shardserve.api.contract import KV_NAMESPACE, LLM_DEPLOYMENT, cold_start_key, decision_key
-from shardserve.serve.ray_private import kv_get, serve_details
+from shardserve.api.contract import KV_NAMESPACE, LLM_DEPLOYMENT, adapters_key, cold_start_key, decision_key
+from shardserve.serve.ray_private import kv_get, kv_keys, serve_details
 from shardserve.serve.telemetry.cold_start import format_phases
 
 
@@ -27,15 +27,28 @@ def read_local_status(app_filter: Optional[str] = None) -> list[dict[str, Any]]:
             raw = kv_get(decision_key(app_name, LLM_DEPLOYMENT), KV_NAMESPACE)
             started = kv_get(cold_start_key(app_name, LLM_DEPLOYMENT), KV_NAMESPACE)
             out.append(build_status_row(app_name, app, llm, json.loads(raw) if raw else None,
-                                        json.loads(started) if started else None))
+                                        json.loads(started) if started else None, read_adapters(app_name)))
         return out
     finally:
         ray.shutdown()
 
 
+def read_adapters(app_name: str) -> dict[str, list[str]]:
+    """The adapters each replica published it holds, by replica id."""
+    prefix = adapters_key(app_name, LLM_DEPLOYMENT)
+    held = {}
+    for key in kv_keys(prefix, KV_NAMESPACE):
+        raw = kv_get(key, KV_NAMESPACE)
+        if raw:
+            held[key.removeprefix(prefix)] = list(json.loads(raw).get("adapters", []))
+    return held
+
+
 def build_status_row(app_name: str, app: dict[str, Any], llm: dict[str, Any],
-                     decision: Optional[dict[str, Any]], cold_start: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+                     decision: Optional[dict[str, Any]], cold_start: Optional[dict[str, Any]] = None,
+                     adapters: Optional[dict[str, list[str]]] = None) -> dict[str, Any]:
     replicas = llm.get("replicas", [])
+    running = {r.get("replica_id") for r in replicas if str(r.get("state", "")).endswith("RUNNING")}
     return {
         "name": app_name,
         "status": str(app.get("status", "")),
@@ -45,6 +58,8 @@ def build_status_row(app_name: str, app: dict[str, Any], llm: dict[str, Any],
         "requests_running": decision.get("running") if decision else None,
         "last_decision": decision.get("reason") if decision else None,
         "last_cold_start": cold_start.get("phases") if cold_start else None,
+        # Replicas that stopped leave their last record behind: only running ones count.
+        "adapters": {replica: held for replica, held in sorted((adapters or {}).items()) if replica in running},
     }
 
 
@@ -61,4 +76,6 @@ def format_status(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  autoscaler: {row['last_decision']}")
         if row.get("last_cold_start"):
             lines.append(f"  last replica start: {format_phases(row['last_cold_start'])}")
+        for replica, held in (row.get("adapters") or {}).items():
+            lines.append(f"  replica {replica} holds adapters: {', '.join(held) or 'none'}")
     return "\n".join(lines)
