@@ -9,6 +9,7 @@ import yaml
 from ray.serve.llm import LLMConfig
 
 from shardserve.api.lora_spec import LoraSpec
+from shardserve.api.sources import mounted_path
 from shardserve.api.validation import parse_deployment
 from shardserve.serve.adapters import (
     AdapterNames,
@@ -16,7 +17,6 @@ from shardserve.serve.adapters import (
     AdapterRejected,
     ReplicaAdapters,
     adapter_source,
-    local_directory,
     serve_here,
 )
 from shardserve.serve.llm_config import build_llm_config
@@ -66,9 +66,9 @@ def test_adapter_sources():
     lora = LoraSpec.model_validate({**LORA, "dynamicSource": "pvc://adapters/tenants/"})
     assert adapter_source(lora, "sql") == ("hf://org/sql-lora", "v2", True)
     assert adapter_source(lora, "acme") == ("pvc://adapters/tenants/acme", None, False)
-    assert local_directory("pvc://adapters/tenants/acme") == Path("/mnt/models/adapters/tenants/acme")
-    assert local_directory("file:///srv/lora/x") == Path("/srv/lora/x")
-    assert local_directory("s3://b/x") is None
+    assert str(mounted_path("pvc://adapters/tenants/acme")) == "/mnt/models/adapters/tenants/acme"
+    assert str(mounted_path("file:///srv/lora/x")) == "/srv/lora/x"
+    assert mounted_path("s3://b/x") is None
 
 
 def test_errors_carry_their_http_status():

@@ -8,9 +8,9 @@ from __future__ import annotations
 import kubernetes_validate
 
 from shardserve.api.contract import PVC_MOUNT_ROOT
+from shardserve.api.sources import mounted_path
 from shardserve.api.validation import parse_deployment
 from shardserve.api.yaml_loading import safe_load
-from shardserve.serve.adapters import local_directory
 from shardserve_operator.render import RenderOptions, render_children
 from shardserve_operator.render.rayservice import CACHE_MOUNT
 from tests.operator.test_operator_render import K8S_VERSION, by_kind
@@ -47,7 +47,7 @@ def test_adapter_claims_are_mounted_where_the_loader_reads_them():
         assert mounts[volume] == {"name": volume, "mountPath": f"{PVC_MOUNT_ROOT}/{claim}", "readOnly": True}
     mounted = [m["mountPath"] for m in mounts.values()]
     for source in ("pvc://adapters/sql", "pvc://weights/lora/chat", "pvc://adapters/tenants/acme"):
-        assert any(str(local_directory(source)).startswith(path + "/") for path in mounted), source
+        assert any(str(mounted_path(source)).startswith(path + "/") for path in mounted), source
 
 
 def test_adapter_credentials_and_downloads_reach_the_ray_containers():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from shardserve.api.lora_spec import LoraSpec
+from shardserve.api.sources import mounted_path
 from shardserve.api.spec import ModelSpec
 
 CONFIG_FILE = "adapter_config.json"
@@ -84,6 +85,6 @@ def check_local_adapters(lora: Optional[LoraSpec], model: ModelSpec) -> list[str
     for adapter in lora.adapters:
         if adapter.scheme != "file":
             continue
-        config, unreadable = read_adapter_config(adapter.name, Path("/" + adapter.location.lstrip("/")))
+        config, unreadable = read_adapter_config(adapter.name, Path(str(mounted_path(adapter.source))))
         problems += [unreadable] if unreadable else check_adapter_config(adapter.name, config, lora, model)
     return [f"spec.lora.adapters: {p}" for p in problems]

@@ -4,6 +4,10 @@ its adapters), checked the same way for each."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import PurePosixPath
+from typing import Optional
+
+from shardserve.api.contract import PVC_MOUNT_ROOT
 
 SOURCE_SCHEMES = ("hf", "s3", "gs", "pvc", "file", "builtin")
 BUILTIN_MODELS = ("tiny",)
@@ -31,3 +35,14 @@ def source_pattern(builtins: Sequence[str]) -> str:
     """What `check_source` accepts, as one regular expression (for the CRD)."""
     remote = "|".join(s for s in SOURCE_SCHEMES if s not in ("file", "builtin"))
     return rf"^(?:(?:{remote})://.*[^/].*|file:///.*[^/].*|builtin://(?:{'|'.join(builtins)}))$"
+
+
+def mounted_path(source: str) -> Optional[PurePosixPath]:
+    """Where a pvc:// or file:// source is inside a Ray pod (the operator mounts
+    each claim at PVC_MOUNT_ROOT/CLAIM) or on this machine; None for others."""
+    scheme, _, location = source.partition("://")
+    if scheme == "pvc":
+        return PurePosixPath(PVC_MOUNT_ROOT) / location.strip("/")
+    if scheme == "file":
+        return PurePosixPath("/" + location.lstrip("/"))
+    return None

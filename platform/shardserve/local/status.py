@@ -9,8 +9,9 @@ from typing import Any, Optional
 
 import ray
 
-from shardserve.api.contract import KV_NAMESPACE, LLM_DEPLOYMENT, adapters_key, cold_start_key, decision_key
-from shardserve.serve.ray_private import kv_get, kv_keys, serve_details
+from shardserve.api.contract import KV_NAMESPACE, LLM_DEPLOYMENT, cold_start_key, decision_key
+from shardserve.serve.adapter_registry import read_adapters
+from shardserve.serve.ray_private import kv_get, serve_details
 from shardserve.serve.telemetry.cold_start import format_phases
 
 
@@ -27,21 +28,11 @@ def read_local_status(app_filter: Optional[str] = None) -> list[dict[str, Any]]:
             raw = kv_get(decision_key(app_name, LLM_DEPLOYMENT), KV_NAMESPACE)
             started = kv_get(cold_start_key(app_name, LLM_DEPLOYMENT), KV_NAMESPACE)
             out.append(build_status_row(app_name, app, llm, json.loads(raw) if raw else None,
-                                        json.loads(started) if started else None, read_adapters(app_name)))
+                                        json.loads(started) if started else None,
+                                        read_adapters(app_name, LLM_DEPLOYMENT)))
         return out
     finally:
         ray.shutdown()
-
-
-def read_adapters(app_name: str) -> dict[str, list[str]]:
-    """The adapters each replica published it holds, by replica id."""
-    prefix = adapters_key(app_name, LLM_DEPLOYMENT)
-    held = {}
-    for key in kv_keys(prefix, KV_NAMESPACE):
-        raw = kv_get(key, KV_NAMESPACE)
-        if raw:
-            held[key.removeprefix(prefix)] = list(json.loads(raw).get("adapters", []))
-    return held
 
 
 def build_status_row(app_name: str, app: dict[str, Any], llm: dict[str, Any],

@@ -26,8 +26,8 @@ from typing import Any, Optional
 from pydantic import PrivateAttr
 
 from shardserve.api.adapter_config import check_adapter_config, read_adapter_config
-from shardserve.api.contract import PVC_MOUNT_ROOT
 from shardserve.api.lora_spec import ADAPTER_NAME_PATTERN, LoraSpec
+from shardserve.api.sources import mounted_path
 from shardserve.api.spec import ModelSpec
 from shardserve.serve.ray_private import DiskMultiplexConfig, LoraMirrorConfig, LoraModelLoader
 
@@ -100,16 +100,6 @@ def adapter_source(lora: LoraSpec, name: str) -> tuple[str, Optional[str], bool]
         return listed.source, listed.revision, True
     assert lora.dynamic_source is not None  # AdapterNames let only listed names through otherwise
     return f"{lora.dynamic_source.rstrip('/')}/{name}", None, False
-
-
-def local_directory(source: str) -> Optional[Path]:
-    """Where a pvc:// or file:// source is in this pod (the operator mounts claims); None for others."""
-    scheme, _, location = source.partition("://")
-    if scheme == "pvc":
-        return Path(PVC_MOUNT_ROOT) / location.strip("/")
-    if scheme == "file":
-        return Path("/" + location.lstrip("/"))
-    return None
 
 
 def _download_hf(repo: str, revision: Optional[str], name: str) -> Path:
@@ -206,8 +196,9 @@ class AdapterLoader(LoraModelLoader):
             return await asyncio.to_thread(self._builtin_dir, location)
         if scheme == "hf":
             return await asyncio.to_thread(_download_hf, location, revision, name)
-        directory = local_directory(source)
-        if directory is not None:
+        mounted = mounted_path(source)
+        if mounted is not None:
+            directory = Path(mounted)
             if not directory.is_dir():
                 raise AdapterNotFound(f"adapter {name!r}: {source} is not a directory")
             return directory

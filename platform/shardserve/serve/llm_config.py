@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from shardserve.api.chat_spec import ChatSpec
-from shardserve.api.contract import CHAT_TEMPLATE_DIR, COLD_START_CALLBACK, PVC_MOUNT_ROOT
+from shardserve.api.contract import CHAT_TEMPLATE_DIR, COLD_START_CALLBACK
 from shardserve.api.lora_spec import LoraSpec
 from shardserve.api.placement import Placement, cpu_threads_bind, placement_for
 from shardserve.api.quantity import parse_quantity
 from shardserve.api.serve_options import build_deployment_config
+from shardserve.api.sources import mounted_path
 from shardserve.api.spec import ModelDeployment, ModelSpec
 
 # A stream's outputs after the first are sent in batches this often (Ray Serve
@@ -42,10 +43,9 @@ def resolve_model_source(model: ModelSpec, builtin_dir: Optional[str] = None) ->
         return location.strip("/")
     if scheme in ("s3", "gs"):
         return model.source
-    if scheme == "pvc":
-        return f"{PVC_MOUNT_ROOT}/{location.strip('/')}"
-    if scheme == "file":
-        return "/" + location.lstrip("/")
+    mounted = mounted_path(model.source)
+    if mounted is not None:
+        return str(mounted)
     if builtin_dir is None:
         raise ValueError("builtin:// sources need the directory the model is built in")
     return builtin_dir

@@ -15,10 +15,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 import logging
 import os
-import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar, cast
@@ -29,12 +27,12 @@ from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionRequest
 
-from shardserve.api.contract import KV_NAMESPACE, adapters_key
 from shardserve.api.lora_spec import LoraSpec
 from shardserve.api.spec import ModelSpec
 from shardserve.api.tracing_env import ENV_TRACES_ENDPOINT
 from shardserve.builtin.tiny import ensure_builtin_model
 from shardserve.builtin.tiny_adapters import ensure_builtin_adapter
+from shardserve.serve.adapter_registry import publish_adapters, read_adapters
 from shardserve.serve.adapters import AdapterLoader, AdapterNames, ReplicaAdapters, evict_from_vllm, load_into_vllm
 from shardserve.serve.autoscaling.engine_queue import read_queue
 from shardserve.serve.autoscaling.policy import RUNNING, WAITING
@@ -50,9 +48,6 @@ from shardserve.serve.ray_private import (
     engine_client,
     engine_tasks,
     engine_vocab_size,
-    kv_get,
-    kv_keys,
-    kv_put,
     serving_models,
     to_model_metadata,
 )
@@ -146,25 +141,15 @@ class ShardserveServer(BatchingHooks, LLMServer):
         self._publish_adapters()
 
     def _publish_adapters(self) -> None:
-        """Which adapters this replica holds, for the other replicas' routing and `shardserve status`."""
         ident = self._identity
-        record = {"adapters": sorted(self._adapters.resident), "time": time.time()}
         try:
-            kv_put(adapters_key(ident.application, ident.deployment, ident.replica), json.dumps(record), KV_NAMESPACE)
+            publish_adapters(ident.application, ident.deployment, ident.replica, self._adapters.resident)
         except Exception as err:  # noqa: BLE001 - routing then only loses adapter affinity
             logger.warning("publishing this replica's adapters failed: %r", err)
 
     def _adapters_elsewhere(self) -> dict[str, list[str]]:
-        """The adapters the deployment's other replicas published (blocking: run in a thread)."""
         ident = self._identity
-        prefix = adapters_key(ident.application, ident.deployment)
-        held = {}
-        for key in kv_keys(prefix, KV_NAMESPACE):
-            replica = key.removeprefix(prefix)
-            raw = kv_get(key, KV_NAMESPACE) if replica != ident.replica else None
-            if raw:
-                held[replica] = list(json.loads(raw).get("adapters", []))
-        return held
+        return read_adapters(ident.application, ident.deployment, skip_replica=ident.replica)
 
     def _elsewhere(self, adapter: str) -> Any:
         """A handle to this deployment's replicas for `adapter`: Serve's router
