@@ -6,6 +6,7 @@ six ask for evictions. Spans (the replica attribute) show where requests ran."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections import Counter
@@ -28,6 +29,7 @@ from tests.integration.stack import LocalStack, free_port
 LORA = "lora"
 pytestmark = [pytest.mark.integration, pytest.mark.stacks(LORA)]
 
+OBSERVABILITY = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 PROMPT = "The river runs"
 COPIES = ("copy-1", "copy-2", "copy-3")  # tiny-a's files under other names
 SPAN_WAIT_S = 60.0
@@ -184,3 +186,18 @@ def test_past_the_bound_adapters_are_evicted_and_reloaded_on_demand(http, metric
     assert sum(loads[name] for name in names) > len(names), loads
     held = read_status(LORA)["adapters"]
     assert len(held) == 2 and all(1 <= len(names_held) <= 2 for names_held in held.values()), held
+    exported = {sample.name.removesuffix("_total").removesuffix("_sum")
+                for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text)
+                for sample in family.samples}
+    missing = [name for name in documented_adapter_metrics() if name.removesuffix("_total") not in exported]
+    assert missing == [], missing
+
+
+def documented_adapter_metrics() -> list[str]:
+    """The metric names docs/observability.md's "LoRA adapters" table lists."""
+    text = OBSERVABILITY.read_text()
+    section = text[text.index("\n### LoRA adapters\n") + 1:]
+    section = section[: section.index("\n#", 1)]
+    names = re.findall(r"^\| `(ray_[a-z_:]+)`", section, flags=re.M)
+    assert len(names) == 5, names
+    return names
