@@ -41,10 +41,6 @@ class AdapterSpec(SpecModel):
     def scheme(self) -> str:
         return self.source.partition("://")[0]
 
-    @property
-    def location(self) -> str:
-        return self.source.partition("://")[2]
-
 
 class LoraSpec(SpecModel):
     adapters: list[AdapterSpec] = Field(
