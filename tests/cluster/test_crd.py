@@ -358,6 +358,14 @@ TABLE = [
      "spec.lora.maxRank"),
     ("lora-cpu-below-slots", _with(GPU, spec__lora={"dynamicSource": "s3://b/a", "maxAdapters": 8}), False,
      "spec.lora.maxCpuAdapters must be >= spec.lora.maxAdapters"),
+    ("tenants", _with(GPU, spec__tenants={"default": {"requestsPerMinute": 60}, "keys": [
+        {"name": "alice", "tokensPerMinute": 100000, "maxConcurrentRequests": 4, "priority": "high"}]}), True, None),
+    ("tenants-names-repeat", _with(GPU, spec__tenants={"keys": [{"name": "a"}, {"name": "a"}]}), False,
+     "Duplicate value"),
+    ("tenants-priority-unknown", _with(GPU, spec__tenants={"keys": [{"name": "a", "priority": "urgent"}]}), False,
+     "spec.tenants.keys.0.priority"),
+    ("tenants-zero-rpm", _with(GPU, spec__tenants={"default": {"requestsPerMinute": 0}}), False,
+     "spec.tenants.default.requestsPerMinute"),
     ("lora-cpu-above-slots", _with(GPU, spec__lora={"dynamicSource": "s3://b/a", "maxAdapters": 8,
                                                     "maxCpuAdapters": 16}), True, None),
 ]

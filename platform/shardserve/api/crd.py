@@ -168,6 +168,7 @@ PATTERNS: dict[tuple[str, ...], str] = {
 LIST_MAP_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("status", "conditions"): ("type",),
     ("spec", "lora", "adapters"): ("name",),
+    ("spec", "tenants", "keys"): ("name",),
 }
 
 # Descriptions for fields the spec leaves undescribed (status, written by the operator).

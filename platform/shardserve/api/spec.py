@@ -19,6 +19,7 @@ from shardserve.api.lora_spec import LoraSpec
 from shardserve.api.quantity import check_quantity
 from shardserve.api.sources import BUILTIN_MODELS, check_source
 from shardserve.api.spec_model import SpecModel
+from shardserve.api.tenant_spec import TenantsSpec
 
 API_GROUP = "shardserve.dev"
 API_VERSION = "v1alpha1"
@@ -299,6 +300,11 @@ class ModelDeploymentSpec(SpecModel):
     )
     lora: Optional[LoraSpec] = Field(
         default=None, description="LoRA adapters of the model, each asked for by name as the request's model.",
+    )
+    tenants: Optional[TenantsSpec] = Field(
+        default=None,
+        description="Quotas and priority by API key: a tenant is a key's entry name in serving.apiKeySecret. "
+        "Over its quota a request gets HTTP 429 with Retry-After; every answer carries x-ratelimit-* headers.",
     )
 
     @model_validator(mode="after")

@@ -125,6 +125,9 @@ def check_deployment(md: ModelDeployment) -> list[str]:
     """Rules across fields and against vLLM that pydantic alone cannot see."""
     spec = md.spec
     problems = check_engine_args(spec.engine.args) + check_chat(md)
+    if spec.tenants is not None and spec.engine.args.get("scheduling_policy", "priority") != "priority":
+        problems.append("spec.engine.args.scheduling_policy: spec.tenants needs vLLM's priority scheduling "
+                        "(tenants' priority classes order the queue); remove it or set it to priority")
     try:
         placement_for(spec)
     except PlacementError as err:
