@@ -185,3 +185,22 @@ def test_shardserve_run_refuses_an_api_key_secret_without_local_keys(monkeypatch
     out = io.StringIO()
     assert run_local(md, out=out) == 1
     assert KEYS_ENV in out.getvalue() and KEYS_FILE_ENV in out.getvalue()
+
+
+def test_keys_carry_their_tenant_names():
+    from shardserve.serve.http.api_keys import match_key, parse_named_keys
+
+    entries = parse_named_keys("alice=sk-1, sk-2 ,bob=sk=3,==x", separator=",")
+    assert entries == (("alice", "sk-1"), (None, "sk-2"), ("bob", "sk=3"), (None, "==x"))
+    assert match_key("sk=3", entries) == (True, "bob")
+    assert match_key("sk-2", entries) == (True, None)
+    assert match_key("nope", entries) == (False, None) and match_key(None, entries) == (False, None)
+
+
+def test_a_mounted_secrets_entry_names_its_key(tmp_path):
+    from shardserve.api.contract import KEYS_FILE_ENV
+    from shardserve.serve.http.api_keys import KeyStore
+
+    (tmp_path / "alice").write_text("sk-a\n")
+    (tmp_path / "bob").write_text("sk-b")
+    assert KeyStore({KEYS_FILE_ENV: str(tmp_path)}).entries() == (("alice", "sk-a"), ("bob", "sk-b"))

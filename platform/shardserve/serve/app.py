@@ -50,6 +50,8 @@ def build_application(md: ModelDeployment, llm_config_dict: Optional[dict[str, A
         bind_kwargs["builtin_model"] = model.location
     if md.spec.lora is not None:
         bind_kwargs.update(lora=md.spec.lora, base_model=model)
+    if md.spec.tenants is not None:
+        bind_kwargs["tenants"] = md.spec.tenants
     return build_llm_deployment(
         llm_config,
         bind_kwargs=bind_kwargs,

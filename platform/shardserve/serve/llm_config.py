@@ -72,6 +72,9 @@ def build_engine_kwargs(md: ModelDeployment, placement: Placement) -> dict[str, 
     kwargs.update(build_chat_kwargs(md.spec.chat))
     kwargs.update(build_lora_kwargs(md.spec.lora))
     kwargs.update(engine.args)
+    if md.spec.tenants is not None:
+        # Tenants' priority classes order vLLM's queue; under "fcfs" vLLM refuses any priority but 0.
+        kwargs["scheduling_policy"] = "priority"
     kwargs["structured_outputs_config"] = build_structured_outputs(engine.args.get("structured_outputs_config") or {})
     return kwargs
 

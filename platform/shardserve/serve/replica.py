@@ -29,6 +29,7 @@ from ray.serve.llm.openai_api_models import ChatCompletionRequest, CompletionReq
 
 from shardserve.api.lora_spec import LoraSpec
 from shardserve.api.spec import ModelSpec
+from shardserve.api.tenant_spec import TenantsSpec
 from shardserve.api.tracing_env import ENV_TRACES_ENDPOINT
 from shardserve.builtin.tiny import ensure_builtin_model
 from shardserve.builtin.tiny_adapters import ensure_builtin_adapter
@@ -55,8 +56,12 @@ from shardserve.serve.telemetry.cold_start import ColdStart
 from shardserve.serve.telemetry.metrics import record_adapter_evicted, record_adapter_loaded, record_adapter_request
 from shardserve.serve.telemetry.spans import trace_replica_call
 from shardserve.serve.telemetry.tracing import tracing_enabled
+from shardserve.serve.tenants.admission import TenantQuotas
+from shardserve.serve.tenants.quota_actor import quota_ledger
 
 T = TypeVar("T")
+# A tenant's concurrency lease lapses after this long when no request timeout is set.
+LEASE_S = 600.0
 
 logger = logging.getLogger(__name__)
 
@@ -79,10 +84,11 @@ class ShardserveServer(BatchingHooks, LLMServer):
     async def __init__(  # type: ignore[misc]
         self, llm_config: LLMConfig, *, builtin_model: Optional[str] = None, limits: Optional[RequestLimits] = None,
         require_api_key: bool = False, identity: Optional[ReplicaIdentity] = None, lora: Optional[LoraSpec] = None,
-        base_model: Optional[ModelSpec] = None, **kwargs: Any,
+        base_model: Optional[ModelSpec] = None, tenants: Optional[TenantsSpec] = None, **kwargs: Any,
     ):
         """`identity` defaults to the Serve replica's own; `lora` and the
-        `base_model` it adapts come with spec.lora."""
+        `base_model` it adapts come with spec.lora, `tenants` with spec.tenants."""
+        self._tenants = tenants
         self._builtin_model = builtin_model
         self._limits, self._require_api_key = limits, require_api_key
         self._identity = identity or ReplicaIdentity.from_serve()
@@ -120,10 +126,14 @@ class ShardserveServer(BatchingHooks, LLMServer):
         card = to_model_metadata(model_id, llm_config, {"tasks": list(tasks), "endpoints": served_paths(tasks)})
         limits = dataclasses.replace(self._limits or RequestLimits(), vocab_size=engine_vocab_size(self))
         has_adapters = bool(self._adapters.names.listed or self._adapters.names.dynamic)
+        app = self._identity.application
+        quotas = None if self._tenants is None else TenantQuotas(
+            self._tenants, ledger=lambda: quota_ledger(app), lease_s=limits.request_timeout_seconds or LEASE_S,
+            max_tokens_cap=limits.max_tokens, application=app)
         return build_ingress_app(self, model_id, card, limits, self._require_api_key,
-                                 self._identity.application, model_tasks=tasks,
+                                 app, model_tasks=tasks,
                                  adapters=self._adapters if has_adapters else None,
-                                 elsewhere=self._elsewhere if has_adapters else None)
+                                 elsewhere=self._elsewhere if has_adapters else None, tenant_quotas=quotas)
 
     def _adapter_card(self, name: str) -> Any:
         """An adapter's /v1/models card: the model's, under the adapter's id, naming its parent."""

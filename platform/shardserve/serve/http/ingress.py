@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shardserve.serve.adapters import AdapterError, AdapterNames, ReplicaAdapters
-from shardserve.serve.http.api_keys import KeyStore, bearer_token, key_matches, keys_configured
+from shardserve.serve.http.api_keys import KeyStore, bearer_token, keys_configured, match_key
 from shardserve.serve.http.body import BodyRejected, checked_body
 from shardserve.serve.http.calls import (
     InProcessHandle,
@@ -43,6 +43,16 @@ from shardserve.serve.http.limits import RequestLimits, find_invalid_unicode, fi
 from shardserve.serve.ray_private import ModelLookupHooks, OpenAIHTTPException, SetRequestIdMiddleware
 from shardserve.serve.telemetry.metrics import record_rejected
 from shardserve.serve.telemetry.spans import record_adapter_route, trace_ingress_call
+from shardserve.serve.tenants.admission import (
+    TENANT_STATE,
+    TenantQuotas,
+    apply_priority,
+    quota_message,
+    record_tenant_decision,
+    settled_stream,
+    usage_from_json,
+)
+from shardserve.serve.tenants.ledger import ratelimit_headers
 
 logger = logging.getLogger(__name__)
 Body = TypeVar("Body")
@@ -157,9 +167,32 @@ def _not_served(message: str) -> Callable[[], Awaitable[JSONResponse]]:
 
 
 async def _checked_call(endpoint: Callable[[Body, Request], Awaitable[Response]], body: Body, request: Request) -> Response:
-    """Body checks first; past the request timeout the client gets a 504 and the
-    engine stops generating."""
+    """Body checks, then the tenant's quota; past the request timeout the client
+    gets a 504 and the engine stops generating."""
     await _check_body(request)
+    quotas: Optional[TenantQuotas] = getattr(request.app.state, "tenant_quotas", None)
+    if quotas is None:
+        return await _timed_call(endpoint, body, request)
+    admission = await quotas.admit(request.scope.get("state", {}).get(TENANT_STATE), await request.body(), body)
+    record_tenant_decision(request.app.state.application, admission)
+    headers = ratelimit_headers(admission.decision)
+    if not admission.decision.admitted:
+        return _error_response(429, quota_message(admission), code="rate_limit_exceeded", headers=headers)
+    apply_priority(body, admission.limits)
+    try:
+        response = await _timed_call(endpoint, body, request)
+    except BaseException:
+        quotas.finish(admission, None)
+        raise
+    response.headers.update(headers)
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = settled_stream(response.body_iterator, quotas, admission)
+    else:
+        quotas.finish(admission, usage_from_json(bytes(response.body)) if response.status_code == 200 else 0)
+    return response
+
+
+async def _timed_call(endpoint: Callable[[Body, Request], Awaitable[Response]], body: Body, request: Request) -> Response:
     limits = getattr(request.app.state, "limits", None)
     timeout_s = limits.request_timeout_seconds if limits else None
     deadline = asyncio.get_running_loop().time() + timeout_s if timeout_s else None
@@ -413,15 +446,15 @@ class ApiKeyAuth:
         self._store: Optional[KeyStore] = None
         self._enabled: Optional[bool] = None
 
-    def _keys(self) -> Optional[tuple[str, ...]]:
-        """None when auth is off; else the current keys (possibly none)."""
+    def _keys(self) -> Optional[tuple[tuple[Optional[str], str], ...]]:
+        """None when auth is off; else the current (name, key) entries (possibly none)."""
         if self._enabled is None:
             self._enabled = self.required or keys_configured()
             if self._enabled:
                 self._store = KeyStore()
-                if not self._store.keys():
+                if not self._store.entries():
                     logger.error("API keys are required but none were found (%s)", "SHARDSERVE_API_KEYS[_FILE]")
-        return self._store.keys() if self._store is not None else None
+        return self._store.entries() if self._store is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
@@ -431,7 +464,10 @@ class ApiKeyAuth:
         if keys is not None:
             header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             token = bearer_token(header)
-            if not key_matches(token, keys):
+            matched, name = match_key(token, keys)
+            # The key's name is the request's tenant (request.state.tenant): nothing the client sends sets it.
+            scope.setdefault("state", {})[TENANT_STATE] = name
+            if not matched:
                 message = ("Missing API key: send it as 'Authorization: Bearer <key>'." if token is None
                            else "Incorrect API key provided.")
                 response = _error_response(401, message, code="invalid_api_key",
@@ -450,12 +486,14 @@ def _add_exception_handler(app: FastAPI, kind: type[E], handler: Callable[[Reque
 
 
 def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: bool = False,
-                      application: str = "") -> FastAPI:
+                      application: str = "", tenant_quotas: Optional[TenantQuotas] = None) -> FastAPI:
     """The app with the checks every request passes; `application` names the
     Serve application in metrics."""
     limits = limits or RequestLimits()
     app = FastAPI()
     app.state.limits = limits
+    app.state.application = application
+    app.state.tenant_quotas = tenant_quotas
     _add_exception_handler(app, RequestValidationError, _on_validation_error)
     _add_exception_handler(app, StarletteHTTPException, _on_http_exception)
     _add_exception_handler(app, OpenAIHTTPException, _on_openai_exception)
@@ -476,12 +514,13 @@ def build_fastapi_app(limits: Optional[RequestLimits] = None, require_api_key: b
 def build_ingress_app(server: LLMServer, model_id: str, model_card: Any, limits: Optional[RequestLimits] = None,
                       require_api_key: bool = False, application: str = "",
                       model_tasks: Collection[str] = ("generate",), adapters: Optional[ReplicaAdapters] = None,
-                      elsewhere: Optional[Callable[[str], Any]] = None) -> FastAPI:
+                      elsewhere: Optional[Callable[[str], Any]] = None,
+                      tenant_quotas: Optional[TenantQuotas] = None) -> FastAPI:
     """The replica's HTTP app: the ingress's routes, calling `server` (the
     model replica itself) in this process; the routes `model_tasks` cannot
     serve answer 404. `elsewhere(adapter)` is a handle to the replicas, for
     an adapter this one does not hold."""
-    app = build_fastapi_app(limits, require_api_key, application)
+    app = build_fastapi_app(limits, require_api_key, application, tenant_quotas)
     ingress = ShardserveIngress(server, model_id, model_card, adapters, elsewhere)
     app.get("/health")(ingress.health)
     app.get("/v1/models")(ingress.models)

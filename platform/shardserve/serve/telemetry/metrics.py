@@ -65,3 +65,29 @@ def record_adapter_evicted(application: str, adapter: str) -> None:
 
 def record_adapter_request(application: str, adapter: str) -> None:
     _adapters()[3].inc(tags={"application": application, "adapter": adapter})
+
+
+TENANT_REQUESTS = "shardserve_tenant_requests"
+TENANT_TOKENS = "shardserve_tenant_tokens"
+_tenant_metrics: Optional[tuple[Any, Any]] = None
+
+
+def _tenants() -> tuple[Any, Any]:
+    global _tenant_metrics
+    if _tenant_metrics is None:
+        _tenant_metrics = (
+            Counter(TENANT_REQUESTS, "Requests by tenant (the API key's name, never the key) and outcome: admitted, "
+                    "or the quota that refused it (requests, tokens, concurrency, too_large).",
+                    tag_keys=("application", "tenant", "outcome")),
+            Counter(TENANT_TOKENS, "Prompt plus completion tokens of tenants' requests, as their usage reported.",
+                    tag_keys=("application", "tenant")),
+        )
+    return _tenant_metrics
+
+
+def record_tenant_request(application: str, tenant: str, outcome: str) -> None:
+    _tenants()[0].inc(tags={"application": application, "tenant": tenant, "outcome": outcome})
+
+
+def record_tenant_tokens(application: str, tenant: str, tokens: int) -> None:
+    _tenants()[1].inc(tokens, tags={"application": application, "tenant": tenant})

@@ -39,6 +39,9 @@ ADAPTER_ATTRIBUTE = "shardserve.adapter"
 # Where the ingress sent an adapter's request: "here" (this replica) or
 # "elsewhere" (through Serve's router, to a replica that holds it).
 ROUTE_ATTRIBUTE = "shardserve.adapter.route"
+# The request's tenant (its API key's name) and its quota's decision: admitted, or the quota that refused it.
+TENANT_ATTRIBUTE = "shardserve.tenant"
+QUOTA_ATTRIBUTE = "shardserve.tenant.quota"
 STREAM_ATTRIBUTE = "shardserve.request.stream"
 CANCELLED_ATTRIBUTE = "shardserve.request.cancelled"
 # The client went away, or the request was cancelled: not an error of ours.
@@ -223,6 +226,15 @@ def record_adapter_route(adapter: str, here: bool) -> None:
     from opentelemetry import trace
 
     trace.get_current_span().set_attributes({ADAPTER_ATTRIBUTE: adapter, ROUTE_ATTRIBUTE: "here" if here else "elsewhere"})
+
+
+def record_tenant_decision_on_span(tenant: str, outcome: str) -> None:
+    """On the current (ingress) span: the request's tenant and what its quota decided."""
+    if not tracing_enabled():
+        return
+    from opentelemetry import trace
+
+    trace.get_current_span().set_attributes({TENANT_ATTRIBUTE: tenant, QUOTA_ATTRIBUTE: outcome})
 
 
 def build_trace_headers(headers: dict[str, str], carrier: dict[str, str]) -> dict[str, str]:

@@ -1,0 +1,1 @@
+"""Per-key tenants: quotas and priority (spec.tenants)."""
