@@ -97,9 +97,10 @@ def format_summary(summary: dict[int, dict[str, Any]], rounds: int) -> str:
     return "\n".join(lines)
 
 
-async def measure_levels(server: ServerProcess, model: str, config: CompareConfig) -> dict[int, dict[str, Any]]:
+async def measure_levels(server: ServerProcess, model: str, config: CompareConfig,
+                         api_key: Optional[str] = None) -> dict[int, dict[str, Any]]:
     """Each of the config's concurrencies in turn, on one running server: metrics per level."""
-    endpoint = Endpoint(base_url=server.base_url, model=model, api=config.api, ignore_eos=True)
+    endpoint = Endpoint(base_url=server.base_url, model=model, api=config.api, ignore_eos=True, api_key=api_key)
     levels: dict[int, dict[str, Any]] = {}
     for c in config.concurrencies:
         load = LoadConfig(concurrency=c, num_requests=None, duration_s=config.duration_s,
