@@ -7,8 +7,9 @@ import httpx
 import pytest
 from fastapi import Request
 
-from shardserve.serve.http.ingress import _is_api_post, build_fastapi_app
+from shardserve.serve.http.ingress import build_fastapi_app
 from shardserve.serve.http.limits import RequestLimits
+from shardserve.serve.http.middleware import _is_api_post
 from shardserve.serve.telemetry import metrics
 
 

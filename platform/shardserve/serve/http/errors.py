@@ -8,7 +8,10 @@ exception class names or internal request plumbing.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Optional
+
+from starlette.responses import JSONResponse
 
 from shardserve.api.validation import field_path
 
@@ -99,3 +102,9 @@ def describe_validation_errors(errors: list[dict[str, Any]]) -> tuple[str, Optio
         by_field.setdefault(_field_path(err.get("loc", ())), str(err.get("msg", "invalid")))
     parts = [f"{field}: {msg}" if field else msg for field, msg in list(by_field.items())[:3]]
     return "; ".join(parts), next(iter(by_field))
+
+
+def error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
+                   headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
+    """An OpenAI-shaped error as an HTTP response."""
+    return JSONResponse(openai_error(status, message, param=param, code=code), status_code=status, headers=headers)

@@ -13,7 +13,7 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection
 from typing import Any, Optional, TypeVar, cast
 
 from fastapi import FastAPI, Request
@@ -24,10 +24,8 @@ from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.ingress import OpenAiIngress
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shardserve.serve.adapters import AdapterError, AdapterNames, ReplicaAdapters
-from shardserve.serve.http.api_keys import KeyStore, bearer_token, keys_configured, match_key
 from shardserve.serve.http.body import BodyRejected, checked_body
 from shardserve.serve.http.calls import (
     InProcessHandle,
@@ -38,10 +36,10 @@ from shardserve.serve.http.calls import (
     tracking_calls,
 )
 from shardserve.serve.http.endpoints import ENDPOINTS, unsupported_message
-from shardserve.serve.http.errors import clean_engine_message, describe_validation_errors, openai_error
+from shardserve.serve.http.errors import clean_engine_message, describe_validation_errors, error_response
 from shardserve.serve.http.limits import RequestLimits, find_invalid_unicode, find_limit_violation
+from shardserve.serve.http.middleware import AdmissionLimit, ApiKeyAuth, BodySizeLimit, HeaderSizeLimit, JsonBodyOnly
 from shardserve.serve.ray_private import ModelLookupHooks, OpenAIHTTPException, SetRequestIdMiddleware
-from shardserve.serve.telemetry.metrics import record_rejected
 from shardserve.serve.telemetry.spans import record_adapter_route, trace_ingress_call
 from shardserve.serve.tenants.admission import (
     TENANT_STATE,
@@ -57,10 +55,6 @@ from shardserve.serve.tenants.ledger import ratelimit_headers
 logger = logging.getLogger(__name__)
 Body = TypeVar("Body")
 HEALTH_TIMEOUT_S = 5.0
-RETRY_AFTER_S = 1
-JSON_TYPES = ("application/json",)
-FORM_TYPES = ("multipart/form-data",)
-FORM_PATH_PREFIX = "/v1/audio/"
 
 
 class ShardserveIngress(ModelLookupHooks, OpenAiIngress):
@@ -147,7 +141,7 @@ class ShardserveIngress(ModelLookupHooks, OpenAiIngress):
             await asyncio.wait_for(self._server.check_health(), HEALTH_TIMEOUT_S)
         except Exception as err:  # any failure means "not ready"
             logger.warning("health check failed: %r", err)
-            return JSONResponse(openai_error(503, "model replicas are not ready"), status_code=503)
+            return error_response(503, "model replicas are not ready")
         return JSONResponse({"status": "ok", "models": [self._model_id]})
 
 
@@ -161,7 +155,7 @@ def _with_checked_body(parameter: inspect.Parameter) -> inspect.Parameter:
 def _not_served(message: str) -> Callable[[], Awaitable[JSONResponse]]:
     """A route the model cannot serve: 404 before its body is read."""
     async def refuse() -> JSONResponse:
-        return _error_response(404, message, code="unsupported_endpoint")
+        return error_response(404, message, code="unsupported_endpoint")
 
     return refuse
 
@@ -177,7 +171,7 @@ async def _checked_call(endpoint: Callable[[Body, Request], Awaitable[Response]]
     record_tenant_decision(request.app.state.application, admission)
     headers = ratelimit_headers(admission.decision)
     if not admission.decision.admitted:
-        return _error_response(429, quota_message(admission), code="rate_limit_exceeded", headers=headers)
+        return error_response(429, quota_message(admission), code="rate_limit_exceeded", headers=headers)
     apply_priority(body, admission.limits)
     try:
         response = await _timed_call(endpoint, body, request)
@@ -219,7 +213,7 @@ async def _timed_call(endpoint: Callable[[Body, Request], Awaitable[Response]], 
 
 
 def _timed_out(timeout_s: Optional[float]) -> JSONResponse:
-    return _error_response(504, timeout_message(timeout_s or 0), code="request_timeout")
+    return error_response(504, timeout_message(timeout_s or 0), code="request_timeout")
 
 
 async def _check_body(request: Request) -> None:
@@ -248,16 +242,11 @@ class RequestLimitError(Exception):
 
 
 async def _on_limit_error(_request: Request, exc: RequestLimitError) -> JSONResponse:
-    return _error_response(400, exc.message, param=exc.param, code=exc.code)
+    return error_response(400, exc.message, param=exc.param, code=exc.code)
 
 
 async def _on_body_rejected(_request: Request, exc: BodyRejected) -> JSONResponse:
-    return _error_response(exc.status_code, exc.message, param=exc.param)
-
-
-def _error_response(status: int, message: str, param: Optional[str] = None, code: Optional[str] = None,
-                    headers: Optional[Mapping[str, str]] = None) -> JSONResponse:
-    return JSONResponse(openai_error(status, message, param=param, code=code), status_code=status, headers=headers)
+    return error_response(exc.status_code, exc.message, param=exc.param)
 
 
 async def _on_adapter_error(_request: Request, exc: AdapterError) -> JSONResponse:
@@ -266,12 +255,12 @@ async def _on_adapter_error(_request: Request, exc: AdapterError) -> JSONRespons
     message = getattr(cause, "message", str(cause))
     if exc.status_code >= 500:
         logger.error("adapter failed: %s", message)
-    return _error_response(exc.status_code, message, param="model", code=exc.code)
+    return error_response(exc.status_code, message, param="model", code=exc.code)
 
 
 async def _on_validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
     message, param = describe_validation_errors(list(exc.errors()))
-    return _error_response(400, message, param=param)
+    return error_response(400, message, param=param)
 
 
 # FastAPI's words for a body its JSON parser gave up on, which say neither why nor where.
@@ -282,199 +271,19 @@ PARSE_ERROR = "request body could not be parsed: it is not JSON, or nests arrays
 async def _on_http_exception(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
     code = "model_not_found" if exc.status_code == 404 and "model" in str(exc.detail) else None
     message = PARSE_ERROR if exc.detail == FASTAPI_PARSE_ERROR else str(exc.detail)
-    return _error_response(exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
+    return error_response(exc.status_code, message, code=code, headers=getattr(exc, "headers", None))
 
 
 async def _on_openai_exception(_request: Request, exc: OpenAIHTTPException) -> JSONResponse:
     message, param = clean_engine_message(exc.message)
     if exc.status_code >= 500:
         logger.error("request failed: %s", exc.internal_message or exc.message)
-    return _error_response(exc.status_code, message, param=param)
-
-
-def _is_api_post(scope: Scope) -> bool:
-    """A POST: every POST route is an API call (/v1/*, /tokenize, /detokenize),
-    and admission and the body checks apply to all of them."""
-    return bool(scope["type"] == "http" and scope["method"] == "POST")
-
-
-class AdmissionLimit:
-    """429 `queue_full` once a replica holds `max_admitted` requests: the engine's
-    batch (maxOngoingRequests) plus its queue (maxQueuedRequests). Admitted
-    requests wait in vLLM's own scheduler queue, where the autoscaler sees them.
-    Rejections count in the metrics of Serve application `application`."""
-
-    def __init__(self, app: ASGIApp, max_admitted: int, application: str = ""):
-        self.app = app
-        self.max_admitted = max_admitted
-        self.application = application
-        self.admitted = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _is_api_post(scope):
-            await self.app(scope, receive, send)
-            return
-        if self.admitted >= self.max_admitted:
-            await _queue_full(self.application)(scope, receive, send)
-            return
-        self.admitted += 1
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            self.admitted -= 1
-
-
-def _queue_full(application: str) -> JSONResponse:
-    # The replica's queue is full: tell the client at once when to come back.
-    record_rejected(application, "queue_full")
-    return _error_response(
-        429,
-        f"the model's queue is full; retry after {RETRY_AFTER_S}s",
-        code="queue_full",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-    )
+    return error_response(exc.status_code, message, param=param)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error_response(500, "internal error")
-
-
-class JsonBodyOnly:
-    """415 for POSTs whose body is not declared as JSON (a form, for the audio
-    routes: they carry a file)."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if _is_api_post(scope):
-            content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
-            wanted = FORM_TYPES if scope["path"].startswith(FORM_PATH_PREFIX) else JSON_TYPES
-            if content_type.split(";")[0].strip().lower() not in wanted:
-                response = _error_response(415, f"Content-Type must be {' or '.join(wanted)}",
-                                           code="unsupported_media_type")
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
-# HAProxy, in front of the replica, holds headers up to 64 KiB
-# (RAY_SERVE_ENV); below that, this limit answers in OpenAI's shape. nginx's
-# default is 4 x 8 KiB; OpenAI clients send well under 2 KiB.
-MAX_HEADER_BYTES = 32 * 1024
-
-
-class HeaderSizeLimit:
-    """431 when the request's headers add up to more than MAX_HEADER_BYTES."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_HEADER_BYTES):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.max_bytes:
-            response = _error_response(431, f"request headers are larger than {self.max_bytes} bytes",
-                                       code="headers_too_large", headers={"Connection": "close"})
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-class BodySizeLimit:
-    """413 for a POST whose body exceeds the limit (declared or streamed).
-
-    Reads the body (it is read whole downstream anyway) and hands it on.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not _is_api_post(scope):
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
-            return
-        chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its body
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _error_response(
-            413, f"request body is larger than {self.max_bytes} bytes", param=None, code="request_too_large",
-            headers={"Connection": "close"},
-        )
-        await response(scope, receive, send)
-
-
-class ApiKeyAuth:
-    """Every path but /health needs `Authorization: Bearer <key>` when keys are in use.
-
-    In use when the spec names an API key Secret (`required`) or the replica's
-    environment names keys; required with no keys found refuses everything.
-    """
-
-    OPEN_PATHS = ("/health",)
-
-    def __init__(self, app: ASGIApp, required: bool):
-        self.app = app
-        self.required = required
-        self._store: Optional[KeyStore] = None
-        self._enabled: Optional[bool] = None
-
-    def _keys(self) -> Optional[tuple[tuple[Optional[str], str], ...]]:
-        """None when auth is off; else the current (name, key) entries (possibly none)."""
-        if self._enabled is None:
-            self._enabled = self.required or keys_configured()
-            if self._enabled:
-                self._store = KeyStore()
-                if not self._store.entries():
-                    logger.error("API keys are required but none were found (%s)", "SHARDSERVE_API_KEYS[_FILE]")
-        return self._store.entries() if self._store is not None else None
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        keys = self._keys()
-        if keys is not None:
-            header = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
-            token = bearer_token(header)
-            matched, name = match_key(token, keys)
-            # The key's name is the request's tenant (request.state.tenant): nothing the client sends sets it.
-            scope.setdefault("state", {})[TENANT_STATE] = name
-            if not matched:
-                message = ("Missing API key: send it as 'Authorization: Bearer <key>'." if token is None
-                           else "Incorrect API key provided.")
-                response = _error_response(401, message, code="invalid_api_key",
-                                           headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+    return error_response(500, "internal error")
 
 
 E = TypeVar("E", bound=Exception)
