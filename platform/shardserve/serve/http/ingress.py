@@ -75,6 +75,7 @@ class ShardserveIngress(ModelLookupHooks, OpenAiIngress):
                          model_cards={model_id: model_card})
         self._server, self._model_id = server, model_id
         self._adapters, self._elsewhere = adapters, elsewhere
+        self._names = adapters.names if adapters is not None else AdapterNames(model_id)
 
     def _by_adapter_name(self, body: Any) -> Any:
         """`<model id>:<adapter>` asks for the adapter, which vLLM knows by its own name."""
@@ -84,8 +85,7 @@ class ShardserveIngress(ModelLookupHooks, OpenAiIngress):
         return body
 
     def _adapter_for(self, model: str) -> Optional[str]:
-        names = self._adapters.names if self._adapters is not None else AdapterNames(self._model_id)
-        return names.adapter_for(model)
+        return self._names.adapter_for(model)
 
     async def model_for(self, model: Optional[str]) -> str:
         if model is None:
