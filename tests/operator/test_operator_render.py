@@ -17,7 +17,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 
-from shardserve.api.contract import PVC_MOUNT_ROOT
+from shardserve.api.contract import APP_IMPORT_PATH, PVC_MOUNT_ROOT
 from shardserve.api.kuberay import build_head_service_ports, check_group_resources, find_duplicate_ports
 from shardserve.api.placement import placement_for
 from shardserve.api.serve_options import PROXY_TIMEOUT_MARGIN_S
@@ -27,7 +27,7 @@ from shardserve.serve.llm_config import build_llm_config
 from shardserve_operator import naming
 from shardserve_operator.hashing import compute_hash, read_hash
 from shardserve_operator.render import RenderOptions, render_children, render_yaml
-from shardserve_operator.render.rayservice import APP_IMPORT_PATH, HEAD_PORTS
+from shardserve_operator.render.rayservice import HEAD_PORTS
 from tests.kuberay_crd import rayservice_v1_schema
 
 HERE = Path(__file__).resolve().parent

@@ -15,18 +15,12 @@ from typing import Any, Optional
 
 import yaml
 
-from shardserve.api.contract import (
-    APP_IMPORT_PATH,
-    CHAT_TEMPLATE_DIR,
-    KEYS_FILE_ENV,
-    LLM_DEPLOYMENT,
-    PVC_MOUNT_ROOT,
-    RAY_SERVE_ENV,
-)
+from shardserve.api.contract import CHAT_TEMPLATE_DIR, KEYS_FILE_ENV, PVC_MOUNT_ROOT, RAY_SERVE_ENV
 from shardserve.api.gpu_products import build_gpu_affinity
 from shardserve.api.placement import Placement, placement_for
 from shardserve.api.quantity import parse_quantity
-from shardserve.api.serve_options import build_deployment_config, build_proxy_timeout
+from shardserve.api.serve_config import build_application_config
+from shardserve.api.serve_options import build_proxy_timeout
 from shardserve.api.spec import ModelDeployment
 from shardserve.api.tracing_env import build_tracing_env, compute_tracing_settings
 from shardserve_operator import naming
@@ -93,49 +87,6 @@ REPLICA_ACTOR_CPUS = 1
 MIN_CLUSTER_DELETION_DELAY_SECONDS = 60
 
 
-# Spec fields the Serve application never reads: the pod templates, the
-# Service, the Ingress and the deployment's options below carry them. Serve
-# hashes an application's args into its code version
-# (serve/_private/deploy_utils.py get_app_code_version), and a new code
-# version restarts every replica, so a field left in the args would reload
-# the weights on each `kubectl scale` or Ingress edit.
-CLUSTER_ONLY_FIELDS = (
-    ("replicas",), ("ingress",), ("image",), ("telemetry",),
-    ("model", "cacheSize"), ("model", "credentialsSecret"),
-    ("resources", "nodeSelector"), ("resources", "tolerations"), ("resources", "memory"),
-    ("autoscaling", "minReplicas"), ("autoscaling", "maxReplicas"),
-)
-
-
-def build_app_args(md: ModelDeployment) -> dict[str, Any]:
-    """The ModelDeployment document passed to build_app, without the fields only the cluster reads."""
-    metadata = {"name": md.metadata.name}
-    if md.metadata.namespace:
-        metadata["namespace"] = md.metadata.namespace
-    spec = md.spec.model_dump(by_alias=True, exclude_none=True, mode="json")
-    for *parents, leaf in CLUSTER_ONLY_FIELDS:
-        node = spec
-        for part in parents:
-            node = node.get(part) or {}
-        node.pop(leaf, None)
-    return {"apiVersion": md.api_version, "kind": md.kind, "metadata": metadata, "spec": spec}
-
-
-def build_deployment_options(md: ModelDeployment) -> dict[str, Any]:
-    """The model deployment's replica count or autoscaling bounds, as options of the Serve config.
-
-    Serve applies these to the running application without a new code
-    version: replicas are added or removed, none restarted.
-    """
-    config = build_deployment_config(md)
-    options: dict[str, Any] = {"name": LLM_DEPLOYMENT}
-    if "autoscaling_config" in config:
-        options["autoscaling_config"] = config["autoscaling_config"]
-    else:
-        options["num_replicas"] = config["num_replicas"]
-    return options
-
-
 def build_http_options(md: ModelDeployment) -> dict[str, Any]:
     return {"host": "0.0.0.0", "port": md.spec.serving.port, "request_timeout_s": build_proxy_timeout(md)}
 
@@ -144,15 +95,7 @@ def build_serve_config(md: ModelDeployment) -> str:
     """serveConfigV2: one application on "/", plus the proxy's HTTP options."""
     config = {
         "http_options": build_http_options(md),
-        "applications": [
-            {
-                "name": md.metadata.name,
-                "import_path": APP_IMPORT_PATH,
-                "route_prefix": "/",
-                "args": build_app_args(md),
-                "deployments": [build_deployment_options(md)],
-            }
-        ],
+        "applications": [build_application_config(md)],
     }
     return yaml.safe_dump(config, sort_keys=False)
 
