@@ -143,3 +143,17 @@ def test_the_private_names_the_lora_path_relies_on_exist():
     engine_source = inspect.getsource(vllm_engine.VLLMEngine)
     assert "self._oai_models =" in engine_source and "self._engine_client =" in engine_source
     assert "multiplexed_model_id" in {f.name for f in dataclasses.fields(context._RequestContext)}
+
+
+def test_the_declarative_deploy_and_reconfigure_shardserve_run_relies_on():
+    """`shardserve run` deploys a Serve config through the Serve client's
+    deploy_apps, the controller's apply_config that the dashboard's REST
+    API calls for KubeRay; Serve calls a replica's `reconfigure` with the
+    deployment's user_config, which the replica class defines."""
+    from ray.serve._private.client import ServeControllerClient
+    from ray.serve._private.controller import ServeController
+
+    assert "config" in inspect.signature(ServeControllerClient.deploy_apps).parameters
+    assert "self._controller.apply_config.remote(config)" in inspect.getsource(ServeControllerClient.deploy_apps)
+    assert "config" in inspect.signature(ServeController.apply_config).parameters
+    assert list(inspect.signature(ShardserveServer.reconfigure).parameters) == ["self", "user_config"]

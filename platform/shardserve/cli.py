@@ -40,7 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     md = _load_or_exit(args.file)
     options = LocalOptions(host=args.host, port=args.port, num_cpus=args.num_cpus, verbose=args.verbose,
-                           metrics_port=args.metrics_port)
+                           metrics_port=args.metrics_port, spec_file=args.file)
     return _exit_without_teardown(run_local(md, options))
 
 

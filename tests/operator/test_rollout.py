@@ -70,6 +70,7 @@ def cost_of(edits: list[tuple[str, Any, Any]], base: dict[str, Any] | None = Non
 IN, RR, NC, DF = Cost.IN_PLACE, Cost.REPLICA_RESTART, Cost.NEW_CLUSTER, Cost.DEFERRED
 AUTO = {"minReplicas": 1, "maxReplicas": 4}
 TRACING = {"endpoint": "http://otel:4318"}
+TENANTS = {"keys": [{"name": "a", "requestsPerMinute": 60, "priority": "high"}]}
 
 # (id, edits on manifests/examples/llama-8b-1gpu.yaml, cost on KubeRay 1.5.1, on 1.6.2)
 EDITS = [
@@ -101,6 +102,11 @@ EDITS = [
     ("credentials-secret", [("spec.model.credentialsSecret", "hf-token", "hf-token-2")], NC, NC),
     ("tracing-sample-ratio", [("spec.telemetry.tracing", {**TRACING, "sampleRatio": 1.0},
                                {**TRACING, "sampleRatio": 0.1})], NC, NC),
+    # Tenants' limits are the deployment's user_config (Serve calls reconfigure);
+    # turning tenants on switches vLLM's scheduling policy, in the args.
+    ("tenant-limits", [("spec.tenants", TENANTS, {"keys": [{"name": "a", "requestsPerMinute": 10}]})], IN, IN),
+    ("tenant-added", [("spec.tenants", TENANTS, {"keys": [TENANTS["keys"][0], {"name": "b"}]})], IN, IN),
+    ("tenants-on", [("spec.tenants", None, TENANTS)], RR, RR),
     ("ingress-host", [("spec.ingress.host", "a.example.com", "b.example.com")], IN, IN),
     ("ingress-added", [("spec.ingress", None, {"host": "a.example.com"})], IN, IN),
     ("cache-size", [("spec.model.cacheSize", "40Gi", "80Gi")], NC, NC),
@@ -275,6 +281,7 @@ def test_the_doc_table_covers_the_edits_people_make():
         "spec.resources.tolerations", "spec.resources.nodeSelector", "spec.resources.acceleratorType",
         "spec.serving.requestTimeoutSeconds", "spec.serving.port", "spec.serving.apiKeySecret",
         "spec.model.credentialsSecret", "spec.telemetry", "spec.ingress.host", "spec.model.cacheSize",
+        "spec.tenants",
     }
     written = {cell for row in _doc_rows() for cell in row[2:4]}
     # Nothing the render produces is deferred today (tolerations carry a digest KubeRay 1.6 hashes).

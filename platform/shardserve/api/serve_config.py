@@ -35,14 +35,20 @@ def build_app_args(md: ModelDeployment) -> dict[str, Any]:
         for part in parents:
             node = node.get(part) or {}
         node.pop(leaf, None)
+    if "tenants" in spec:
+        # The limits travel as the deployment's user_config (below); the args
+        # keep only that tenants are on, which sets vLLM's scheduling policy.
+        spec["tenants"] = {}
     return {"apiVersion": md.api_version, "kind": md.kind, "metadata": metadata, "spec": spec}
 
 
 def build_deployment_options(md: ModelDeployment) -> dict[str, Any]:
-    """The model deployment's replica count or autoscaling bounds, as options of the Serve config.
+    """The model deployment's replica count or autoscaling bounds, and its
+    tenants' limits, as options of the Serve config.
 
     Serve applies these to the running application without a new code
-    version: replicas are added or removed, none restarted.
+    version: replicas are added or removed, none restarted, and running
+    replicas get a new user_config through `reconfigure`.
     """
     config = build_deployment_config(md)
     options: dict[str, Any] = {"name": LLM_DEPLOYMENT}
@@ -50,6 +56,8 @@ def build_deployment_options(md: ModelDeployment) -> dict[str, Any]:
         options["autoscaling_config"] = config["autoscaling_config"]
     else:
         options["num_replicas"] = config["num_replicas"]
+    if "user_config" in config:
+        options["user_config"] = config["user_config"]
     return options
 
 

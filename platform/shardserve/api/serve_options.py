@@ -36,6 +36,10 @@ def build_deployment_config(md: ModelDeployment) -> dict[str, Any]:
         # Let in-flight requests finish before a replica stops.
         "graceful_shutdown_timeout_s": spec.serving.request_timeout_seconds,
     }
+    if spec.tenants is not None:
+        # Serve hands a changed user_config to running replicas (reconfigure):
+        # tenants' limits change without a restart.
+        config["user_config"] = build_user_config(md)
     scaling = spec.autoscaling
     if scaling is None:
         config["num_replicas"] = spec.effective_replicas
@@ -50,6 +54,12 @@ def build_deployment_config(md: ModelDeployment) -> dict[str, Any]:
             downscale_delay_s=scaling.downscale_delay_seconds,
         )
     return config
+
+
+def build_user_config(md: ModelDeployment) -> dict[str, Any]:
+    """What the model replicas' `reconfigure` reads: spec.tenants."""
+    tenants = md.spec.tenants
+    return {"tenants": tenants.model_dump(by_alias=True, exclude_none=True, mode="json") if tenants else None}
 
 
 def build_autoscaling_config(

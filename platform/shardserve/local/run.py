@@ -22,9 +22,12 @@ import ray
 
 from shardserve.api.contract import KEYS_ENV, KEYS_FILE_ENV, RAY_SERVE_ENV
 from shardserve.api.placement import placement_for
+from shardserve.api.serve_config import build_application_config
 from shardserve.api.serve_options import build_proxy_timeout
 from shardserve.api.spec import ModelDeployment
 from shardserve.api.tracing_env import build_tracing_env, compute_tracing_settings
+from shardserve.api.validation import SpecError, check_servable_here, load_file
+from shardserve.local.edits import logical_cpus_needed, plan_edit
 from shardserve.serve.http.api_keys import keys_configured
 
 logger = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ logger = logging.getLogger(__name__)
 # cores go to vLLM's workers.
 MIN_LOGICAL_CPUS = 8
 DEPLOY_TIMEOUT_S = 900.0
+EDIT_POLL_S = 1.0
 # Ray's metrics agent serves every metric (Ray's, Serve's, vLLM's, ours) in
 # Prometheus format; KubeRay uses the same port on its pods.
 DEFAULT_METRICS_PORT = 8080
@@ -56,6 +60,7 @@ class LocalOptions:
     deploy_timeout_s: float = DEPLOY_TIMEOUT_S
     verbose: bool = False
     metrics_port: Optional[int] = DEFAULT_METRICS_PORT  # 0: any free port
+    spec_file: Optional[str] = None  # applies its edits while serving (local.edits)
 
 
 class _Stop(Exception):
@@ -121,14 +126,11 @@ def run_local(
         os.environ.setdefault(name, value)
     from ray import serve
 
-    from shardserve.serve.app import build_application
-    from shardserve.serve.ray_private import deploy, init_ray
+    from shardserve.serve.ray_private import apply_serve_config, init_ray
 
     started = time.monotonic()
     port = options.port or md.spec.serving.port
-    world = placement_for(md.spec).accelerators_per_replica
-    replicas = md.spec.autoscaling.max_replicas if md.spec.autoscaling else md.spec.effective_replicas
-    num_cpus = options.num_cpus or max(MIN_LOGICAL_CPUS, (world + 1) * replicas + 3)
+    num_cpus = options.num_cpus or max(MIN_LOGICAL_CPUS, logical_cpus_needed(md))
     name = md.metadata.name
     if md.spec.serving.api_key_secret and not keys_configured():
         print(f"shardserve: error: spec.serving.apiKeySecret is set; locally the keys come from "
@@ -160,7 +162,9 @@ def run_local(
         print(f"shardserve: deploying {name} (model {md.spec.model.id}, "
               f"tensor {md.spec.parallelism.tensor} x pipeline {md.spec.parallelism.pipeline})",
               file=out, flush=True)
-        deploy(build_application(md), name=name, route_prefix="/")
+        # The config the operator writes into a RayService, through the same
+        # declarative path KubeRay takes: Serve builds the app from its args.
+        apply_serve_config([build_application_config(md)])
         _wait_until_running(name, options.deploy_timeout_s, out, started)
         endpoint = f"http://{options.host}:{port}/v1"
         print(f"shardserve: ready in {time.monotonic() - started:.1f}s — OpenAI endpoint {endpoint} "
@@ -168,7 +172,11 @@ def run_local(
         print(f"shardserve: metrics (Prometheus) at http://127.0.0.1:{_read_metrics_port()}/metrics", file=out, flush=True)
         if on_ready:
             on_ready(endpoint)
-        threading.Event().wait()  # until a signal raises _Stop
+        # Until a signal raises _Stop.
+        if options.spec_file:
+            _follow_edits(options.spec_file, md, num_cpus, out)
+        else:
+            threading.Event().wait()
         return 0
     except _Stop as stop:
         print(f"shardserve: {stop}, stopping", file=out, flush=True)
@@ -185,6 +193,43 @@ def run_local(
         _shutdown(out)
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _follow_edits(path: str, md: ModelDeployment, logical_cpus: int, out: TextIO) -> None:
+    """Applies each valid edit of `path` that Serve can apply to the running
+    deployment (local.edits); says why for the others, and keeps serving."""
+    from shardserve.serve.ray_private import apply_serve_config
+
+    seen = _file_stamp(path)
+    while True:
+        time.sleep(EDIT_POLL_S)
+        stamp = _file_stamp(path)
+        if stamp == seen:
+            continue
+        seen = stamp
+        try:
+            new = load_file(path)
+            problems = check_servable_here(new)
+            if problems:
+                raise SpecError(problems, path)
+        except SpecError as err:
+            print(f"shardserve: {err}\nshardserve: still serving the previous spec", file=out, flush=True)
+            continue
+        edit = plan_edit(md, new, logical_cpus)
+        if edit is None:
+            continue
+        print(f"shardserve: {path}: {edit.message}", file=out, flush=True)
+        if edit.apply:
+            apply_serve_config([build_application_config(new)])
+            md = new
+
+
+def _file_stamp(path: str) -> Optional[tuple[int, int]]:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None  # an editor may replace the file: the next poll sees the new one
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _apply_tracing_env(md: ModelDeployment, out: TextIO) -> None:

@@ -61,9 +61,10 @@ Ray Serve and Ray core:
 - `serve_details` (ray.serve.context._get_global_client): the controller's
   view of each application; `shardserve status` needs each replica's state
   and the target replica count, which `serve.status()` does not give.
-- `deploy` (ray.serve._run with _blocking=False): starts an application
-  without waiting for it to run, so `shardserve run` reports progress while
-  it starts; `serve.run` always waits.
+- `apply_serve_config` (the Serve client's deploy_apps): deploys a Serve
+  config file's applications, as the dashboard's REST API does for KubeRay,
+  without waiting; Serve's public API for that is the REST API, which the
+  local Ray runs without (no dashboard).
 - `init_ray` (ray.init's _metrics_export_port): the port of Ray's metrics
   agent, where `shardserve run` serves /metrics.
 
@@ -82,14 +83,13 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Optional, TypeVar
 
 import ray
-from ray import serve
 from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list, _internal_kv_put
 from ray.llm._internal.common.callbacks.base import CallbackBase as CallbackBase
 from ray.llm._internal.serve.core.protocol import RawRequestInfo as RawRequestInfo
 from ray.llm._internal.serve.utils.batcher import Batcher as Batcher
 from ray.serve._private.tracing_utils import is_tracing_enabled
 from ray.serve.context import _get_global_client, _get_serve_request_context, _serve_request_context
-from ray.serve.deployment import Application
+from ray.serve.schema import ServeDeploySchema
 
 if TYPE_CHECKING:
     from ray.llm._internal.common.utils.cloud_utils import LoraMirrorConfig as LoraMirrorConfig
@@ -239,9 +239,13 @@ def serve_details() -> dict[str, Any]:
     return details
 
 
-def deploy(app: Application, name: str, route_prefix: str) -> None:
-    """Deploys `app` and returns at once; `serve.status()` tells when it runs."""
-    serve._run(app, _blocking=False, name=name, route_prefix=route_prefix)
+def apply_serve_config(applications: list[dict[str, Any]]) -> None:
+    """Deploys a Serve config's applications as KubeRay does through the
+    dashboard, and returns at once; `serve.status()` tells when they run."""
+    client = _get_global_client()  # raises when no Serve controller runs
+    if client is None:
+        raise RuntimeError("no Serve controller is running")
+    client.deploy_apps(ServeDeploySchema(applications=applications))
 
 
 def init_ray(*, metrics_export_port: Optional[int], **options: Any) -> None:

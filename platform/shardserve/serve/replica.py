@@ -89,6 +89,7 @@ class ShardserveServer(BatchingHooks, LLMServer):
         """`identity` defaults to the Serve replica's own; `lora` and the
         `base_model` it adapts come with spec.lora, `tenants` with spec.tenants."""
         self._tenants = tenants
+        self._quotas: Optional[TenantQuotas] = None  # with the HTTP app, when tenants are on
         self._builtin_model = builtin_model
         self._limits, self._require_api_key = limits, require_api_key
         self._identity = identity or ReplicaIdentity.from_serve()
@@ -127,13 +128,24 @@ class ShardserveServer(BatchingHooks, LLMServer):
         limits = dataclasses.replace(self._limits or RequestLimits(), vocab_size=engine_vocab_size(self))
         has_adapters = bool(self._adapters.names.listed or self._adapters.names.dynamic)
         app = self._identity.application
-        quotas = None if self._tenants is None else TenantQuotas(
+        self._quotas = None if self._tenants is None else TenantQuotas(
             self._tenants, ledger=lambda: quota_ledger(app), lease_s=limits.request_timeout_seconds or LEASE_S,
             max_tokens_cap=limits.max_tokens, application=app)
         return build_ingress_app(self, model_id, card, limits, self._require_api_key,
                                  app, model_tasks=tasks,
                                  adapters=self._adapters if has_adapters else None,
-                                 elsewhere=self._elsewhere if has_adapters else None, tenant_quotas=quotas)
+                                 elsewhere=self._elsewhere if has_adapters else None, tenant_quotas=self._quotas)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's user_config (api.serve_options.build_user_config), at start
+        and whenever it changes: tenants' limits change on running replicas."""
+        tenants = user_config.get("tenants")
+        if tenants is None:
+            return
+        self._tenants = TenantsSpec.model_validate(tenants)
+        if self._quotas is not None:
+            self._quotas.tenants = self._tenants
+        logger.info("tenants' limits now: %s", tenants)
 
     def _adapter_card(self, name: str) -> Any:
         """An adapter's /v1/models card: the model's, under the adapter's id, naming its parent."""
