@@ -6,7 +6,6 @@ six ask for evictions. Spans (the replica attribute) show where requests ran."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from collections import Counter
@@ -23,13 +22,13 @@ from safetensors.numpy import save_file
 from shardserve.builtin.tiny_adapters import adapter_config, ensure_builtin_adapter
 from tests.integration.autoscale_status import read_status
 from tests.integration.conftest import StackKind, Stacks, write_spec
+from tests.integration.observability_doc import documented_metrics
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.integration.stack import LocalStack, free_port
 
 LORA = "lora"
 pytestmark = [pytest.mark.integration, pytest.mark.stacks(LORA)]
 
-OBSERVABILITY = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 PROMPT = "The river runs"
 COPIES = ("copy-1", "copy-2", "copy-3")  # tiny-a's files under other names
 SPAN_WAIT_S = 60.0
@@ -196,15 +195,9 @@ def test_past_the_bound_adapters_are_evicted_and_reloaded_on_demand(http, metric
     exported = {sample.name.removesuffix("_total").removesuffix("_sum")
                 for family in text_string_to_metric_families(httpx.get(metrics_url, timeout=10).text)
                 for sample in family.samples}
-    missing = [name for name in documented_adapter_metrics() if name.removesuffix("_total") not in exported]
+    documented = documented_metrics("LoRA adapters")
+    assert len(documented) == 5, documented
+    missing = [name for name in documented if name.removesuffix("_total") not in exported]
     assert missing == [], missing
 
 
-def documented_adapter_metrics() -> list[str]:
-    """The metric names docs/observability.md's "LoRA adapters" table lists."""
-    text = OBSERVABILITY.read_text()
-    section = text[text.index("\n### LoRA adapters\n") + 1:]
-    section = section[: section.index("\n#", 1)]
-    names = re.findall(r"^\| `(ray_[a-z_:]+)`", section, flags=re.M)
-    assert len(names) == 5, names
-    return names

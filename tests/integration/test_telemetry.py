@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Optional
 
 import httpx
@@ -24,13 +22,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import SMALL_QUEUE, SmallQueue
+from tests.integration.observability_doc import documented_metrics
 from tests.integration.otlp_receiver import OtlpReceiver, ReceivedSpan
 from tests.integration.polling import poll
 from tests.integration.stack import LocalStack, shardserve_command
 
 pytestmark = [pytest.mark.integration, pytest.mark.stacks(SMALL_QUEUE)]
 
-OBSERVABILITY = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
 MODEL = "tiny"
 SPAN_WAIT_S = 60.0
 METRICS_WAIT_S = 90.0
@@ -274,15 +272,6 @@ def settled(url: str) -> dict:
         previous = counters(current)
 
 
-def documented_metrics() -> list[str]:
-    """Every metric name in docs/observability.md's table of local metrics."""
-    text = OBSERVABILITY.read_text()
-    assert "\n### Metrics\n" in text, "docs/observability.md has no '### Metrics' section"
-    section = text[text.index("\n### Metrics\n") + 1:]
-    section = section[: section.index("\n#", 1)]
-    return re.findall(r"^\| `(ray_[a-z_:]+)`", section, flags=re.M)
-
-
 class Sampler:
     """Scrapes in the background: the names seen and each gauge's largest value.
 
@@ -418,7 +407,7 @@ def test_metrics_match_known_traffic(stack, metrics_url):
         **{("ray_shardserve_cold_start_seconds_count", (("model", MODEL), ("phase", phase))): 1
            for phase in ("model_fetch", "weight_load", "engine_start", "first_ready", "total")},
     }
-    documented = documented_metrics()
+    documented = documented_metrics("Metrics")
     assert len(documented) >= 15
     seen_values: dict = {}
     seen_names = set(sampler.names)
