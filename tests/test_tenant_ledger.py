@@ -122,3 +122,39 @@ def test_tenants_switch_vllm_to_priority_scheduling():
     doc["spec"]["engine"]["args"] = {"scheduling_policy": "fcfs"}
     with pytest.raises(SpecError, match="needs vLLM's priority scheduling"):
         parse_deployment(doc)
+
+
+def test_usage_says_who_is_near_a_limit_and_why():
+    ledger = Ledger()
+    rpm, tpm, calm = TenantLimits(requests_per_minute=5), TenantLimits(tokens_per_minute=1000), TenantLimits(
+        requests_per_minute=100, max_concurrent_requests=2)
+    for i in range(7):
+        ledger.admit("rpm", rpm, 0, f"r{i}", T0 + 60, T0)  # 5 admitted, 2 refused
+    ledger.admit("tpm", tpm, 850, "t", T0 + 60, T0)  # 150 of 1000 left
+    ledger.admit("calm", calm, 0, "c", T0 + 60, T0)
+    usage = {u.tenant: u for u in ledger.usage(T0 + 1)}
+    assert usage["rpm"].near_limit and usage["rpm"].refused == {"requests": 2}
+    assert usage["rpm"].requests_left == 0 and usage["rpm"].requests_limit == 5
+    assert usage["tpm"].near_limit and usage["tpm"].tokens_left == 166  # 1 s of refill at 1000 a minute
+    assert not usage["calm"].near_limit and (usage["calm"].in_flight, usage["calm"].max_in_flight) == (1, 2)
+    ledger.admit("calm", calm, 0, "c2", T0 + 60, T0 + 1)
+    assert next(u for u in ledger.usage(T0 + 2) if u.tenant == "calm").near_limit  # both slots taken
+    # A minute after its last refusal, with its bucket refilled, the first tenant is clear again.
+    assert not next(u for u in ledger.usage(T0 + 62) if u.tenant == "rpm").near_limit
+
+
+def test_status_lists_the_tenants_near_their_limits():
+    from shardserve.local.status import build_status_row, format_status
+
+    ledger = Ledger()
+    ledger.admit("alice", TenantLimits(requests_per_minute=1, tokens_per_minute=600), 10, "1", T0 + 60, T0)
+    ledger.admit("alice", TenantLimits(requests_per_minute=1, tokens_per_minute=600), 10, "2", T0 + 60, T0)
+    ledger.admit("bob", TenantLimits(), 10, "3", T0 + 60, T0)
+    llm = {"replicas": [{"replica_id": "r1", "state": "RUNNING"}], "target_num_replicas": 1}
+    row = build_status_row("t", {"status": "RUNNING"}, llm, None, tenants=ledger.usage(T0))
+    assert [t["tenant"] for t in row["tenants"]] == ["alice", "bob"]
+    assert format_status([row]).splitlines()[1:] == [
+        "  tenants: 2 seen, 1 near their limits",
+        "  tenant alice: requests 0/1 left, tokens 590/600 left, refused 1 (requests 1)",
+    ]
+    assert "tenants" not in format_status([build_status_row("t", {"status": "RUNNING"}, llm, None)])

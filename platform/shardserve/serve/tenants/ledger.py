@@ -18,6 +18,7 @@ from typing import Optional
 from shardserve.api.tenant_spec import TenantLimits
 
 MINUTE_S = 60.0
+NEAR_LIMIT = 0.2  # of a minute's allowance
 
 
 @dataclass
@@ -47,6 +48,9 @@ class TenantState:
     requests: Optional[Bucket] = None
     tokens: Optional[Bucket] = None
     leases: dict[str, float] = field(default_factory=dict)  # lease id -> deadline
+    max_concurrent: Optional[int] = None  # as of the last request
+    refused: dict[str, int] = field(default_factory=dict)  # reason -> count
+    last_refused: float = -math.inf
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,11 @@ class Ledger:
             reason, wait = "tokens", state.tokens.wait_for(tokens)
         elif limits.max_concurrent_requests is not None and len(state.leases) >= limits.max_concurrent_requests:
             reason, wait = "concurrency", 1.0
-        if reason is None:
+        state.max_concurrent = limits.max_concurrent_requests
+        if reason is not None:
+            state.refused[reason] = state.refused.get(reason, 0) + 1
+            state.last_refused = now
+        else:
             if state.requests is not None:
                 state.requests.level -= 1
             if state.tokens is not None:
@@ -120,15 +128,60 @@ class Ledger:
             state.tokens.level = min(state.tokens.capacity, state.tokens.level - token_correction)
 
 
+    def usage(self, now: float) -> list[TenantUsage]:
+        """Each tenant's standing, for `shardserve status`."""
+        out = []
+        for name, state in sorted(self.tenants.items()):
+            for bucket in (state.requests, state.tokens):
+                if bucket is not None:
+                    bucket.refill(now)
+            in_flight = sum(1 for deadline in state.leases.values() if deadline > now)
+            out.append(TenantUsage(
+                tenant=name,
+                requests_left=_left(state.requests), requests_limit=_limit(state.requests),
+                tokens_left=_left(state.tokens), tokens_limit=_limit(state.tokens),
+                in_flight=in_flight, max_in_flight=state.max_concurrent, refused=dict(state.refused),
+                near_limit=(now - state.last_refused < MINUTE_S
+                            or any(b is not None and b.level <= NEAR_LIMIT * b.capacity
+                                   for b in (state.requests, state.tokens))
+                            or (state.max_concurrent is not None and in_flight >= state.max_concurrent)),
+            ))
+        return out
+
+
+@dataclass(frozen=True)
+class TenantUsage:
+    """A tenant's buckets and leases now. `near_limit`: refused in the last
+    minute, a bucket at a fifth or less, or every concurrent slot taken."""
+
+    tenant: str
+    requests_left: Optional[int]
+    requests_limit: Optional[int]
+    tokens_left: Optional[int]
+    tokens_limit: Optional[int]
+    in_flight: int
+    max_in_flight: Optional[int]
+    refused: dict[str, int]
+    near_limit: bool
+
+
+def _left(bucket: Optional[Bucket]) -> Optional[int]:
+    return max(0, math.floor(bucket.level)) if bucket else None
+
+
+def _limit(bucket: Optional[Bucket]) -> Optional[int]:
+    return int(bucket.capacity) if bucket else None
+
+
 def _decision(state: TenantState, reason: Optional[str], wait: float) -> Decision:
     requests, tokens = state.requests, state.tokens
     return Decision(
         admitted=reason is None, reason=reason, retry_after_s=wait,
-        limit_requests=int(requests.capacity) if requests else None,
-        remaining_requests=max(0, math.floor(requests.level)) if requests else None,
+        limit_requests=_limit(requests),
+        remaining_requests=_left(requests),
         reset_requests_s=requests.until_full() if requests else 0.0,
-        limit_tokens=int(tokens.capacity) if tokens else None,
-        remaining_tokens=max(0, math.floor(tokens.level)) if tokens else None,
+        limit_tokens=_limit(tokens),
+        remaining_tokens=_left(tokens),
         reset_tokens_s=tokens.until_full() if tokens else 0.0,
     )
 

@@ -13,13 +13,13 @@ fail open rather than take the endpoint down.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Optional
 
 import ray
 
 from shardserve.api.contract import KV_NAMESPACE
 from shardserve.api.tenant_spec import TenantLimits
-from shardserve.serve.tenants.ledger import Decision, Ledger
+from shardserve.serve.tenants.ledger import Decision, Ledger, TenantUsage
 
 
 @ray.remote(num_cpus=0)  # async methods: Ray runs up to 1000 calls at once
@@ -34,9 +34,27 @@ class QuotaLedger:
     async def finish(self, tenant: str, lease: str, token_correction: int) -> None:
         self._ledger.finish(tenant, lease, token_correction, time.monotonic())
 
+    async def usage(self) -> list[TenantUsage]:
+        return self._ledger.usage(time.monotonic())
+
+
+def _name(app: str) -> str:
+    return f"quota-ledger/{app}"
+
 
 def quota_ledger(app: str) -> Any:
     """The deployment's ledger actor, started by the first replica that asks."""
     return QuotaLedger.options(  # type: ignore[attr-defined]
-        name=f"quota-ledger/{app}", namespace=KV_NAMESPACE, get_if_exists=True, lifetime="detached",
+        name=_name(app), namespace=KV_NAMESPACE, get_if_exists=True, lifetime="detached",
     ).remote()
+
+
+def read_usage(app: str, timeout_s: float = 5.0) -> Optional[list[TenantUsage]]:
+    """The tenants' standing in `app`'s ledger; None when it has none (no
+    tenants, or no request yet)."""
+    try:
+        ledger = ray.get_actor(_name(app), namespace=KV_NAMESPACE)
+    except ValueError:
+        return None
+    usage: list[TenantUsage] = ray.get(ledger.usage.remote(), timeout=timeout_s)
+    return usage
