@@ -2,6 +2,7 @@
 it deploys: tenants' limits travel outside the args Serve hashes."""
 
 import copy
+import io
 from pathlib import Path
 from typing import Any
 
@@ -85,3 +86,38 @@ def test_a_new_name_is_refused_and_no_change_is_nothing():
     plan = plan_edit(_md(), parse_deployment(renamed, source="test"), logical_cpus=8)
     assert plan is not None and not plan.apply and "'other'" in plan.message
     assert plan_edit(_md(), _md(), logical_cpus=8) is None
+
+
+def test_an_edit_serve_refuses_leaves_the_previous_spec_serving(tmp_path, monkeypatch):
+    """`shardserve run`'s watch loop: an invalid edit and an edit Serve's
+    controller refuses are both reported, and the loop goes on."""
+    from shardserve.local import run
+    from shardserve.serve import ray_private
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(_doc(tenants=TENANTS)))
+    edits = [
+        "spec: [not, a, mapping]\n",  # invalid
+        yaml.safe_dump(_doc(tenants={**TENANTS, "default": {"requestsPerMinute": 5}})),  # valid, refused
+    ]
+    applied: list[Any] = []
+
+    def refuse(applications: list[dict[str, Any]]) -> None:
+        applied.append(applications)
+        raise RuntimeError("the controller said no")
+
+    def next_poll(_seconds: float) -> None:
+        if not edits:
+            raise run._Stop("SIGTERM")
+        path.write_text(edits.pop(0))
+
+    monkeypatch.setattr(ray_private, "apply_serve_config", refuse)
+    monkeypatch.setattr(run.time, "sleep", next_poll)
+    out = io.StringIO()
+    with pytest.raises(run._Stop):
+        run._follow_edits(str(path), _md(tenants=TENANTS), 8, out)
+    said = out.getvalue()
+    assert "invalid ModelDeployment" in said and said.count("still serving the previous spec") == 2, said
+    assert "Serve did not take the edit (the controller said no)" in said
+    [[app]] = applied
+    assert app["deployments"][0]["user_config"]["tenants"]["default"] == {"requestsPerMinute": 5, "priority": "normal"}

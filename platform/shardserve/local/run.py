@@ -204,8 +204,8 @@ def _follow_edits(path: str, md: ModelDeployment, logical_cpus: int, out: TextIO
     while True:
         time.sleep(EDIT_POLL_S)
         stamp = _file_stamp(path)
-        if stamp == seen:
-            continue
+        if stamp is None or stamp == seen:
+            continue  # a missing file is an editor replacing it: wait for the new one
         seen = stamp
         try:
             new = load_file(path)
@@ -220,7 +220,12 @@ def _follow_edits(path: str, md: ModelDeployment, logical_cpus: int, out: TextIO
             continue
         print(f"shardserve: {path}: {edit.message}", file=out, flush=True)
         if edit.apply:
-            apply_serve_config([build_application_config(new)])
+            try:
+                apply_serve_config([build_application_config(new)])
+            except Exception as err:  # noqa: BLE001 - a refused edit must not stop what serves
+                print(f"shardserve: Serve did not take the edit ({err}); still serving the previous spec",
+                      file=out, flush=True)
+                continue
             md = new
 
 
@@ -228,7 +233,7 @@ def _file_stamp(path: str) -> Optional[tuple[int, int]]:
     try:
         stat = os.stat(path)
     except OSError:
-        return None  # an editor may replace the file: the next poll sees the new one
+        return None
     return stat.st_mtime_ns, stat.st_size
 
 

@@ -245,7 +245,7 @@ def apply_serve_config(applications: list[dict[str, Any]]) -> None:
     client = _get_global_client()  # raises when no Serve controller runs
     if client is None:
         raise RuntimeError("no Serve controller is running")
-    client.deploy_apps(ServeDeploySchema(applications=applications))
+    client.deploy_apps(ServeDeploySchema.model_validate({"applications": applications}))
 
 
 def init_ray(*, metrics_export_port: Optional[int], **options: Any) -> None:
