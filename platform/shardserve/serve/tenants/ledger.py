@@ -127,7 +127,6 @@ class Ledger:
             state.tokens.refill(now)
             state.tokens.level = min(state.tokens.capacity, state.tokens.level - token_correction)
 
-
     def usage(self, now: float) -> list[TenantUsage]:
         """Each tenant's standing, for `shardserve status`."""
         out = []
