@@ -121,3 +121,19 @@ def test_an_edit_serve_refuses_leaves_the_previous_spec_serving(tmp_path, monkey
     assert "Serve did not take the edit (the controller said no)" in said
     [[app]] = applied
     assert app["deployments"][0]["user_config"]["tenants"]["default"] == {"requestsPerMinute": 5, "priority": "normal"}
+
+
+def test_a_chat_template_file_goes_inline_into_the_local_serve_config(tmp_path):
+    """Serve builds the application from its args, away from the spec file
+    (a cluster refuses `file`): `shardserve run` reads the file in."""
+    from shardserve.api.validation import load_file
+    from shardserve.local.run import _serve_config
+
+    (tmp_path / "chat.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(_doc(chat={"template": {"file": "chat.jinja"}})))
+    [app] = _serve_config(load_file(path))
+    assert app["args"]["spec"]["chat"]["template"] == {
+        "inline": "{% for m in messages %}{{ m['content'] }}{% endfor %}"}
+    # What Serve's builder parses: valid without the spec file's directory.
+    assert parse_deployment(app["args"], source="args").spec.chat.template.inline is not None

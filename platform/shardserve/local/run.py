@@ -15,7 +15,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional, TextIO
+from pathlib import Path
+from typing import Any, Optional, TextIO
 
 import psutil
 import ray
@@ -164,7 +165,7 @@ def run_local(
               file=out, flush=True)
         # The config the operator writes into a RayService, through the same
         # declarative path KubeRay takes: Serve builds the app from its args.
-        apply_serve_config([build_application_config(md)])
+        apply_serve_config(_serve_config(md))
         _wait_until_running(name, options.deploy_timeout_s, out, started)
         endpoint = f"http://{options.host}:{port}/v1"
         print(f"shardserve: ready in {time.monotonic() - started:.1f}s — OpenAI endpoint {endpoint} "
@@ -195,6 +196,18 @@ def run_local(
             signal.signal(s, handler)
 
 
+def _serve_config(md: ModelDeployment) -> list[dict[str, Any]]:
+    """The operator's Serve config, with a chat template file read in: Serve
+    builds the application from the args alone, away from the spec file."""
+    chat = md.spec.chat
+    if chat is not None and chat.template is not None and chat.template.file is not None:
+        # Validation made the path absolute and read it once; read it again, as it is now.
+        template = chat.template.model_copy(update={"file": None, "inline": Path(chat.template.file).read_text()})
+        md = md.model_copy(update={"spec": md.spec.model_copy(
+            update={"chat": chat.model_copy(update={"template": template})})})
+    return [build_application_config(md)]
+
+
 def _follow_edits(path: str, md: ModelDeployment, logical_cpus: int, out: TextIO) -> None:
     """Applies each valid edit of `path` that Serve can apply to the running
     deployment (local.edits); says why for the others, and keeps serving."""
@@ -221,7 +234,7 @@ def _follow_edits(path: str, md: ModelDeployment, logical_cpus: int, out: TextIO
         print(f"shardserve: {path}: {edit.message}", file=out, flush=True)
         if edit.apply:
             try:
-                apply_serve_config([build_application_config(new)])
+                apply_serve_config(_serve_config(new))
             except Exception as err:  # noqa: BLE001 - a refused edit must not stop what serves
                 print(f"shardserve: Serve did not take the edit ({err}); still serving the previous spec",
                       file=out, flush=True)
