@@ -253,7 +253,8 @@ async def test_stopping_drops_a_pending_retry(cluster):
     finally:
         started = time.monotonic()
         assert await running.stop() == 0
-    assert time.monotonic() - started < 3
+    # Well under the retry's 60 s, with room for a loaded machine (it took 7 s once in a full run).
+    assert time.monotonic() - started < 30
 
 
 async def test_steady_state_writes_nothing_and_costs_a_few_reads(cluster, operator):
